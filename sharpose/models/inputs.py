@@ -1,0 +1,26 @@
+"""Validation of the image batch a pose model is given: clear errors instead of wrong answers."""
+from __future__ import annotations
+
+import torch
+
+
+def check_images(images: torch.Tensor, in_chans: int, input_size: tuple[int, int], model: str) -> None:
+    """Raise ValueError naming the problem when `images` is not a finite (B, C, H, W) float batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{model} expects a torch.Tensor of images, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"{model} expects images of shape (B, {in_chans}, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] != in_chans:
+        raise ValueError(
+            f"{model} expects {in_chans} image channels, got {images.shape[1]} (shape {tuple(images.shape)})"
+        )
+    if tuple(images.shape[2:]) != tuple(input_size):
+        raise ValueError(
+            f"{model} was built for {input_size[0]}x{input_size[1]} (H x W) inputs, got "
+            f"{images.shape[2]}x{images.shape[3]}; resize the crops or create the model with "
+            f"input_size=({images.shape[2]}, {images.shape[3]})"
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"{model} expects floating-point images (normalised), got dtype {images.dtype}")
+    if images.numel() and not torch.isfinite(images).all():
+        raise ValueError(f"{model} got images containing NaN or inf values")

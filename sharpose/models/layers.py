@@ -1,0 +1,103 @@
+"""ViT building blocks shared by SHaRPose and ViTPose (timm-style, backend-aware attention)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from kernels import ops_for
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping (or padded, as ViTPose) patch projection: (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768, padding: int = 0) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention whose core runs on the backend's `attention` op.
+
+    The optional `score` arguments let the op accumulate keypoint-to-patch attention
+    (see `kernels.reference.attention`) without the caller ever holding the N x N map.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "reference") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, **score_args) -> torch.Tensor:
+        B, N, C = x.shape
+        # strided views into the fused projection, no copies: (3, B, H, N, d)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = ops_for(self.backend, x.device).attention(q, k, v, **score_args)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+        backend: str = "reference",
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, backend=backend)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, **score_args) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), **score_args))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    """Stochastic depth rising linearly from 0 to `drop_path_rate` over the blocks."""
+    return torch.linspace(0, drop_path_rate, depth).tolist()
