@@ -54,8 +54,14 @@ def alpha_table() -> list[str]:
 NOTES = """\
 Counted with fvcore at batch 1: a multiply-add is one FLOP; attention matmuls, layer norms and
 interpolations counted as fvcore does. SHaRPose rows count a sample that runs both stages; "exit after
-coarse" counts a sample whose quality reaches the threshold. Ours is lower than the released code's on
-that column because the released code runs the decoder a second time on exited samples' coarse tokens."""
+coarse" counts a sample whose quality reaches the threshold.
+Why SHaRPose's figures are lower than the released code's:
+- both stages: our fine stage patch-embeds only the fine children of the selected patches and runs the
+  reuse block only on their parents; the released code does both for every patch, then discards the
+  unselected ones (e.g. Base 256x192: 112 fine patch embeddings and 28 reuse MLPs fewer, -0.20 GFLOPs).
+- exit after coarse: the released code runs the decoder a second time on exited samples' coarse tokens.
+ViTPose-B simple: DESIGN.md lists 85.81M / 17.17 GFLOPs, the figures of a 1x1 final conv; the released
+config (final_conv_kernel=3), mmpose's head and HF's VitPoseSimpleDecoder use a 3x3 conv, as we do."""
 
 
 def main() -> None:

@@ -20,16 +20,16 @@ def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-class _Heatmaps(nn.Module):
-    """Traceable wrapper: the model's heatmaps as a plain tensor."""
+class _Traceable(nn.Module):
+    """The model's outputs as a tuple of tensors (all of them, so tracing prunes no computation)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        return out.heatmaps if isinstance(self.model, SHaRPose) else out
+        return tuple(vars(out).values()) if isinstance(self.model, SHaRPose) else (out,)
 
 
 def count_gflops(model: nn.Module, *, refine: bool = True) -> float:
@@ -49,7 +49,7 @@ def count_gflops(model: nn.Module, *, refine: bool = True) -> float:
         model.backend = "reference"
     try:
         images = torch.randn(1, model.in_chans, *model.input_size)
-        analysis = FlopCountAnalysis(_Heatmaps(model), images)
+        analysis = FlopCountAnalysis(_Traceable(model), images)
         analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         logging.getLogger("fvcore").setLevel(logging.ERROR)

@@ -70,7 +70,7 @@ class AttentionRecorder:
         self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, Attention)]
 
     def _hook(self, module: Attention, args, _output) -> None:
-        (x,) = args
+        x = args[0]
         B, N, C = x.shape
         q, k, _ = module.qkv(x).reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4)
         self.maps.append(((q @ k.transpose(-2, -1)) * module.head_dim**-0.5).softmax(-1))

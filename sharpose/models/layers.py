@@ -1,10 +1,25 @@
 """ViT building blocks shared by SHaRPose and ViTPose (timm-style, backend-aware attention)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from kernels import ops_for
+
+
+@dataclass
+class PackedSequences:
+    """Variable-length sequences packed along the first dimension of a (T, D) tensor."""
+
+    cu_seqlens: torch.Tensor  # (R + 1,) int32 cumulative lengths
+    max_seqlen: int  # static upper bound on every length
+    sequence_of_token: torch.Tensor  # (T,) long: which sequence each row belongs to
+
+    @property
+    def num_sequences(self) -> int:
+        return self.cu_seqlens.shape[0] - 1
 
 
 class DropPath(nn.Module):
@@ -14,11 +29,14 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packed: PackedSequences | None = None) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        if packed is None:
+            mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        else:  # one draw per sequence, shared by its tokens
+            mask = x.new_empty(packed.num_sequences, 1).bernoulli_(keep)[packed.sequence_of_token]
         return x * mask / keep
 
     def extra_repr(self) -> str:
@@ -65,11 +83,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, **score_args) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packed: PackedSequences | None = None, **score_args) -> torch.Tensor:
+        ops = ops_for(self.backend, x.device)
+        if packed is not None:  # (T, C) tokens of variable-length sequences
+            T, C = x.shape
+            q, k, v = self.qkv(x).reshape(T, 3, self.num_heads, self.head_dim).unbind(1)
+            out = ops.varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen)
+            return self.proj(out.reshape(T, C))
         B, N, C = x.shape
         # strided views into the fused projection, no copies: (3, B, H, N, d)
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = ops_for(self.backend, x.device).attention(q, k, v, **score_args)
+        out = ops.attention(q, k, v, **score_args)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -89,13 +113,13 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, backend=backend)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, **score_args) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), **score_args))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, packed: PackedSequences | None = None, **score_args) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), packed, **score_args), packed)
+        return x + self.drop_path(self.mlp(self.norm2(x)), packed)
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:

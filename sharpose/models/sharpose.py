@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import BACKENDS
+from kernels import BACKENDS, ops_for
 from sharpose.models.heads import QualityHead, TokenHeatmapDecoder
 from sharpose.models.inputs import check_images
 from sharpose.models.layers import Attention, Block, Mlp, PatchEmbed, drop_path_rates
+from sharpose.models.selection import FinePlan, TokenBudget, fine_children, pack_selected, plan_fine_stage
 
 SCORE_KEYPOINTS = ("released", "all")
 
@@ -81,6 +82,10 @@ class SHaRPose(nn.Module):
         heatmap_size: tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
         score_keypoints: str = "released",
+        token_budget: str = "fixed",
+        tau: float = 0.7,
+        k_min: int = 1,
+        k_max: int | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -106,6 +111,7 @@ class SHaRPose(nn.Module):
         self.num_coarse = self.coarse_grid[0] * self.coarse_grid[1]
         self.num_fine = self.fine_grid[0] * self.fine_grid[1]
         self.num_selected = math.ceil(alpha * self.num_coarse)  # N_h; the released code rounds up
+        self.token_budget = TokenBudget(token_budget, k_max or self.num_selected, k_min, tau)
 
         # EMA of keypoint attention (Eq. 6) over layers depth//4 .. depth-1, starting from 0. It is
         # linear, so layer i contributes (1 - beta) * beta^(depth-1-i) times its own attention.
@@ -159,7 +165,7 @@ class SHaRPose(nn.Module):
         return (1, last)
 
     def forward(self, images: torch.Tensor) -> SHaRPoseOutput:
-        check_images(images, self.in_chans, self.input_size, "SHaRPose")
+        check_images(images, self.in_chans, self.input_size, "SHaRPose", check_finite=False)
         B, K = images.shape[0], self.num_keypoints
 
         # coarse stage
@@ -176,68 +182,86 @@ class SHaRPose(nn.Module):
         x = self.norm(x)
         quality = self.quality_head(x[:, 0])
         coarse_heatmaps = self.decoder(x[:, 1 : 1 + K])
-        coarse_out = x[:, 1 + K :]
 
-        if self.training:  # every sample runs both stages
-            refined = torch.ones(B, dtype=torch.bool, device=images.device)
-            heatmaps, selected = self.fine_stage(images, coarse_embed, coarse_out, patch_scores)
-        else:  # early exit: samples whose predicted quality reaches the threshold stop here
-            refined = quality < self.qp_threshold
-            rows = refined.nonzero().squeeze(1)
-            heatmaps = coarse_heatmaps
-            selected = torch.full((B, self.num_selected), -1, dtype=torch.long, device=images.device)
-            if rows.numel():
-                fine_heatmaps, chosen = self.fine_stage(
-                    images[rows], coarse_embed[rows], coarse_out[rows], patch_scores[rows]
-                )
-                heatmaps = heatmaps.index_copy(0, rows, fine_heatmaps)
-                selected = selected.index_copy(0, rows, chosen)
+        # early exit (inference only): a sample whose predicted quality reaches the threshold stops here
+        everyone = self.training or self.qp_threshold == math.inf
+        refined = torch.ones_like(quality, dtype=torch.bool) if everyone else quality < self.qp_threshold
+        order = patch_scores.argsort(dim=1, descending=True)
+        counts = self.token_budget.counts(patch_scores, order)
+        plan = self.split_batch(images, refined, order, counts, everyone)
+
+        heatmaps = coarse_heatmaps
+        if plan.order.shape[0]:
+            fine_heatmaps = self.fine_stage(images, coarse_embed, x, plan)
+            heatmaps = fine_heatmaps if plan.rows is None else heatmaps.index_copy(0, plan.rows, fine_heatmaps)
+        rank = torch.arange(self.token_budget.k_max, device=images.device)
+        chosen = refined[:, None] & (rank < counts[:, None])
+        selected = torch.where(chosen, order[:, : self.token_budget.k_max], -1)
         return SHaRPoseOutput(heatmaps, coarse_heatmaps, quality, refined, patch_scores, selected)
 
     def embed(self, images: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         return self.patch_embed(images) + pos_embed
 
-    def fine_stage(
-        self, images: torch.Tensor, coarse_embed: torch.Tensor, coarse_out: torch.Tensor, patch_scores: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fine-stage heatmaps of the samples given, and the coarse patches chosen for them (best first)."""
-        order = patch_scores.argsort(dim=1, descending=True)
-        tokens = self.compose_fine_tokens(images, coarse_embed, coarse_out, order)
-        for block in self.blocks:
-            tokens = block(tokens)
-        heatmaps = self.decoder(self.norm(tokens)[:, : self.num_keypoints])
-        return heatmaps, order[:, : self.num_selected]
+    def split_batch(
+        self, images: torch.Tensor, refined: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, everyone: bool
+    ) -> FinePlan:
+        """The forward's one host-device synchronisation: how many samples refine, how many patches
+        they select (adaptive budget) and whether the input was finite, fetched together."""
+        pending = []
+        if not everyone:
+            pending.append(refined.sum())
+        if self.token_budget.mode == "adaptive":
+            pending.append((counts * refined).sum())
+        check_finite = not (images.is_cuda and torch.cuda.is_current_stream_capturing()) and not is_tracing()
+        if check_finite:
+            pending.append(torch.isfinite(images).all().long())
+        fetched = torch.stack(pending).tolist() if pending else []
+        if check_finite and not fetched.pop():
+            raise ValueError("SHaRPose got images containing NaN or inf values")
+        num_refined = images.shape[0] if everyone else fetched.pop(0)
+        total = fetched.pop(0) if fetched else num_refined * self.token_budget.k_max
+        # refined rows first, in batch order, without nonzero()'s own sync
+        rows = None if everyone else refined.logical_not().to(torch.uint8).argsort(stable=True)[:num_refined]
+        return plan_fine_stage(rows, order, counts, total, self.num_keypoints, self.num_coarse, self.token_budget.k_max)
 
-    def compose_fine_tokens(
-        self, images: torch.Tensor, coarse_embed: torch.Tensor, coarse_out: torch.Tensor, order: torch.Tensor
-    ) -> torch.Tensor:
-        """The fine-stage sequence [keypoint tokens, fine tokens of the selected patches, unselected
-        coarse input embeddings], built as the released code does: every coarse output through the
-        reuse block, upsampled to the fine grid and added to the full fine patch embedding."""
-        B, D = coarse_out.shape[0], coarse_out.shape[2]
-        (hc, wc), (hf, wf) = self.coarse_grid, self.fine_grid
-        reuse = self.reuse(coarse_out).transpose(1, 2).reshape(B, D, hc, wc)
-        reuse = F.interpolate(reuse, size=(hf, wf), mode="nearest").flatten(2).transpose(1, 2)
-        fine_tokens = self.embed(images, self.fine_pos_embed) + reuse
-        chosen, rest = order[:, : self.num_selected], order[:, self.num_selected :]
-        children = fine_children(chosen, self.coarse_grid, self.fine_grid)
-        return torch.cat(
-            [
-                self.keypoint_tokens.expand(B, -1, -1),
-                batch_gather(fine_tokens, children),
-                batch_gather(coarse_embed, rest),
-            ],
-            dim=1,
+    def fine_stage(self, images: torch.Tensor, coarse_embed: torch.Tensor, coarse_tokens: torch.Tensor,
+                   plan: FinePlan) -> torch.Tensor:
+        """Fine-stage heatmaps of the refined samples, run as packed variable-length sequences.
+
+        Only the selected patches' fine children are patch-embedded and only their parents go through
+        the reuse block; the unselected patches keep their coarse input embedding (released behaviour).
+        """
+        ops = ops_for(self.backend, images.device)
+        K, (B, N, D) = self.num_keypoints, coarse_tokens.shape
+        sample, patch = pack_selected(plan.order, plan.counts, plan.total_selected)
+        batch_row = sample if plan.rows is None else plan.rows[sample]
+        parents = coarse_tokens.reshape(B * N, D).index_select(0, batch_row * N + 1 + K + patch)
+        tokens = ops.compose_tokens(
+            self.keypoint_tokens[0],
+            self.embed_fine_children(images, batch_row, patch),
+            self.fine_pos_embed[0],
+            self.reuse(parents),
+            coarse_embed if plan.rows is None else coarse_embed.index_select(0, plan.rows),
+            plan.order,
+            plan.packed.cu_seqlens,
+            self.coarse_grid,
+            plan.packed.max_seqlen,
         )
+        for block in self.blocks:
+            tokens = block(tokens, plan.packed)
+        keypoint_rows = plan.packed.cu_seqlens[:-1, None].long() + torch.arange(K, device=tokens.device)
+        return self.decoder(self.norm(tokens[keypoint_rows]))
+
+    def embed_fine_children(self, images: torch.Tensor, batch_row: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings (S * 4, D) of the fine children of the given coarse patches, child-minor:
+        the conv of the patch embedding, applied as a matmul to just these pixel patches."""
+        P, (hf, wf) = self.patch_embed.patch_size, self.fine_grid
+        fy, fx = fine_children(patch, self.coarse_grid)
+        pixels = images.unflatten(2, (hf, P)).unflatten(4, (wf, P))[batch_row[:, None], :, fy, :, fx, :]
+        proj = self.patch_embed.proj
+        return F.linear(pixels.flatten(2).flatten(0, 1), proj.weight.flatten(1), proj.bias)
 
 
-def fine_children(coarse_index: torch.Tensor, coarse_grid: tuple[int, int], fine_grid: tuple[int, int]) -> torch.Tensor:
-    """Fine-grid indices of the 2x2 children of each coarse patch: (B, k) -> (B, 4k), child-major."""
-    (_, wc), (_, wf) = coarse_grid, fine_grid
-    top_left = (coarse_index // wc) * 2 * wf + (coarse_index % wc) * 2
-    return torch.cat([top_left + dy * wf + dx for dy in (0, 1) for dx in (0, 1)], dim=1)
-
-
-def batch_gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """tokens (B, N, D), index (B, k) -> (B, k, D)."""
-    return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+def is_tracing() -> bool:
+    """Inside torch.jit.trace, torch.export / torch.compile or ONNX export, where no host sync may happen."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()

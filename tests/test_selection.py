@@ -1,0 +1,139 @@
+"""Token budgets, selection packing, and the sparse fine stage's control flow."""
+import inspect
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sharpose import create_model
+from sharpose.models.selection import TokenBudget, fine_children, pack_selected
+
+
+def test_pack_selected_matches_a_loop():
+    order = torch.stack([torch.randperm(12) for _ in range(5)])
+    counts = torch.tensor([3, 0, 12, 1, 5])
+    sample, patch = pack_selected(order, counts, int(counts.sum()))
+    expected_sample = torch.cat([torch.full((int(c),), i) for i, c in enumerate(counts)])
+    expected_patch = torch.cat([order[i, : int(c)] for i, c in enumerate(counts)])
+    assert torch.equal(sample, expected_sample) and torch.equal(patch, expected_patch)
+
+
+def test_fine_children_cover_each_coarse_patch():
+    fy, fx = fine_children(torch.arange(12), (4, 3))
+    covered = sorted((fy * 6 + fx).flatten().tolist())
+    assert covered == list(range(48))
+    assert (fy // 2 * 3 + fx // 2 == torch.arange(12)[:, None]).all()
+
+
+def test_adaptive_counts_are_the_smallest_sets_reaching_tau():
+    scores = torch.rand(20, 48) ** 4
+    order = scores.argsort(dim=1, descending=True)
+    budget = TokenBudget("adaptive", k_max=30, k_min=2, tau=0.6)
+    counts = budget.counts(scores, order)
+    for row, count in zip(scores, counts.tolist()):
+        ranked = row.sort(descending=True).values
+        smallest = next(m for m in range(1, 49) if ranked[:m].sum() >= 0.6 * row.sum())
+        assert count == min(max(smallest, 2), 30)
+    assert torch.equal(TokenBudget("fixed", k_max=7).counts(scores, order), torch.full((20,), 7))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(mode="some", k_max=3), "token_budget must be one of"),
+    (dict(mode="adaptive", k_max=3, k_min=4), "k_min <= k_max"),
+    (dict(mode="adaptive", k_max=3, tau=0.0), "tau"),
+])
+def test_budget_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TokenBudget(**kwargs)
+
+
+def small_model(**overrides):
+    return create_model("sharpose_small_256x192", depth=2, embed_dim=96, num_heads=4, backend="reference",
+                        **overrides).eval()
+
+
+def test_adaptive_budget_runs_each_sample_as_its_own_sequence():
+    """Packed variable-length sequences do not leak into each other: every sample's heatmaps equal a
+    batch-1 run of a fixed-budget model whose k is that sample's count."""
+    model = small_model(token_budget="adaptive", tau=0.5, k_min=3, k_max=30)
+    model.qp_threshold = math.inf
+    for block in model.blocks:  # peaky attention, so that samples need different numbers of patches
+        block.attn.qkv.weight.data.mul_(20)
+    images = torch.randn(4, 3, 256, 192)
+    with torch.no_grad():
+        out = model(images)
+        counts = (out.selected >= 0).sum(1)
+        assert out.selected.shape == (4, 30) and ((counts >= 3) & (counts <= 30)).all()
+        assert len(set(counts.tolist())) > 1, "the batch has different lengths"
+        fixed = small_model(k_max=None)
+        fixed.load_state_dict(model.state_dict())
+        fixed.qp_threshold = math.inf
+        for i, count in enumerate(counts.tolist()):
+            fixed.token_budget.k_max = count
+            single = fixed(images[i : i + 1])
+            assert torch.equal(single.selected[0], out.selected[i, :count])
+            torch.testing.assert_close(single.heatmaps[0], out.heatmaps[i], rtol=1e-4, atol=1e-5)
+
+
+def in_cpu_only_validation() -> bool:
+    """The ops validate input values on CPU tensors only (free there); those reads are not model syncs."""
+    return any(frame.function.startswith("_check_") and frame.function.endswith("_values") for frame in inspect.stack())
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts ops that make the host wait for the device: scalar reads, nonzero, boolean-mask indexing,
+    repeat_interleave without an output size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if in_cpu_only_validation():
+            return func(*args, **kwargs)
+        name = str(func)
+        if "_local_scalar_dense" in name or "nonzero" in name or "masked_select" in name:
+            self.syncs.append(name)
+        if "repeat_interleave" in name and kwargs.get("output_size") is None:
+            self.syncs.append(name)
+        if name.startswith("aten.index.Tensor") and any(
+            t is not None and t.dtype == torch.bool for t in args[1]
+        ):
+            self.syncs.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("token_budget", ["fixed", "adaptive"])
+@pytest.mark.parametrize("exit_some", [False, True])
+def test_one_host_sync_per_forward(monkeypatch, token_budget, exit_some):
+    model = small_model(token_budget=token_budget)
+    images = torch.randn(4, 3, 256, 192)
+    with torch.no_grad():
+        quality = model(images).quality
+    model.qp_threshold = quality.median().item() if exit_some else math.inf
+    tolist_calls = []
+    original = torch.Tensor.tolist
+
+    def counted_tolist(tensor: torch.Tensor) -> list:
+        if not in_cpu_only_validation():
+            tolist_calls.append(tensor.shape)
+        return original(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    with torch.no_grad(), SyncCounter() as counter:
+        out = model(images)
+    assert counter.syncs == [] and len(tolist_calls) == 1
+    assert 0 < int(out.refined.sum()) < 4 if exit_some else out.refined.all()
+
+
+@pytest.mark.parametrize("qp_threshold", [-math.inf, math.inf])
+def test_every_sample_exiting_or_none(qp_threshold):
+    model = small_model(token_budget="adaptive")
+    model.qp_threshold = qp_threshold
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, 256, 192))
+    assert out.refined.all() if qp_threshold > 0 else not out.refined.any()
+    if qp_threshold < 0:
+        assert torch.equal(out.heatmaps, out.coarse_heatmaps) and (out.selected == -1).all()
