@@ -11,9 +11,14 @@ from typing import Any
 from kernels import reference
 from kernels.backend import BACKENDS, interpreter_enabled, ops_for, resolve_backend
 
-__all__ = ["BACKENDS", "interpreter_enabled", "ops_for", "reference", "resolve_backend", "attention"]
+__all__ = ["BACKENDS", "interpreter_enabled", "ops_for", "reference", "resolve_backend", "attention", "compose_tokens",
+           "compose_tokens_padded"]
 
-_TRITON_OPS = {"attention": "kernels.fused_attention"}
+_TRITON_OPS = {
+    "attention": "kernels.fused_attention",
+    "compose_tokens": "kernels.token_composition",
+    "compose_tokens_padded": "kernels.token_composition",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,652 @@
-"""Fused attention with keypoint-attention EMA accumulation (Triton). Placeholder until the kernel lands."""
+"""Fused softmax attention with keypoint-attention EMA accumulation (Triton), forward and backward.
+
+One file, Liger-Kernel style: the Triton kernels, the launchers, a `torch.autograd.Function`
+and the functional entry point `attention`, whose signature is that of
+`kernels.reference.attention` (the oracle the tests compare against).
+
+Forward (FlashAttention-style, the N x N matrix never exists in memory)
+    Each program owns BLOCK_M query rows of one (sequence, head) and streams the keys and
+    values through in BLOCK_N-column tiles, keeping a running row max `m_i`, a running row sum
+    `l_i` of exp(s - m_i) and an un-normalised output accumulator (the online softmax).
+    Everything runs in the log2 domain: the logits are scaled by `scale * log2(e)` once so that
+    `exp2` can be used. The row's log-sum-exp (log2 domain, `m_i + log2(l_i)`) is stored for the
+    backward.
+
+Keypoint-attention score (SHaRPose Eq. 6-7, one layer's term)
+    The score needs the *normalised* probabilities, which are only known once the whole row has
+    been seen. So, after the main loop, the (rare) query blocks that overlap `score_rows` run a
+    second pass over the key columns `score_cols` only, recompute the logits, normalise them with
+    the final (m_i, l_i), zero the rows outside `score_rows`, sum each column over the rows and
+    atomically add `score_weight / H` times those column sums into `score[b, :]`. With 16-17
+    keypoint rows out of N = 66..450 that is one extra tile row per (sample, head).
+
+Backward (FlashAttention-2)
+    1. `_attn_bwd_preprocess`: delta_i = sum_d dO_id * O_id (fp32).
+    2. `_attn_bwd_dkdv`: one program per BLOCK_N key rows; loops over all query blocks,
+       rebuilds P^T from the saved log-sum-exp and accumulates dV += P^T dO and
+       dK += dS^T Q with dS = P * (dP - delta), dP = dO V^T. No atomics.
+    3. `_attn_bwd_dq`: one program per BLOCK_M query rows; loops over the key blocks and
+       accumulates dQ += dS K. No atomics, so the backward is deterministic.
+
+Layouts
+    q, k, v are (B, H, N, d) with arbitrary strides (e.g. views of a fused qkv projection);
+    nothing is copied, the strides go to the kernels. The output (and dq, dk, dv) are allocated
+    token-major, as a (B, N, H, d) contiguous buffer returned through a (B, H, N, d) view
+    (`.transpose(1, 2)`), so that the caller's `out.transpose(1, 2).reshape(B, N, H * d)` is free.
+
+Variable-length sequences (later)
+    The per-tile work lives in `@triton.jit` helpers that take base pointers already offset to
+    one (sequence, head), the sequence lengths and the element strides (`attn_fwd_tile`,
+    `attn_bwd_delta_tile`, `attn_bwd_dkdv_tile`, `attn_bwd_dq_tile`). The batched kernels
+    here only turn (program id, batch, head) into those base pointers (`start = 0`,
+    `length = N`); a packed (T, H, d) varlen kernel with `cu_seqlens` computes
+    `start = cu_seqlens[b]`, `length = cu_seqlens[b + 1] - start` instead, returns early for
+    blocks past `length`, and reuses the helpers unchanged (the score's `score_base` then points
+    at that sequence's row of a packed score buffer). `AttentionConfig` / `attention_config`
+    (tiles and warps per head dim and dtype) are shared in the same way.
+"""
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
+import triton
+import triton.language as tl
+
+from kernels.reference import _check_score_args
+
+__all__ = [
+    "attention",
+    "FusedAttentionFunction",
+    "AttentionConfig",
+    "KernelLaunch",
+    "attention_config",
+    "attention_forward",
+    "attention_backward",
+    "LOG2E",
+    # shared with a future packed (cu_seqlens) varlen kernel: the per-(sequence, head) tile bodies
+    "attn_fwd_tile",
+    "attn_bwd_delta_tile",
+    "attn_bwd_dkdv_tile",
+    "attn_bwd_dq_tile",
+]
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E)
+MAX_HEAD_DIM = 256
+_MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2 (heads, batch)
+
+# Sequence lengths and score bounds change from call to call: do not specialise on them
+# (no recompilation for every N; no separate variants for N % 16 == 0 or N == 1).
+_RUNTIME_INTS = [
+    "seq_len_q", "seq_len_k", "score_row_start", "score_row_end", "score_col_start", "score_col_end",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile helpers: one (sequence, head); base pointers already point at its first row.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def attn_fwd_tile(
+    q_base, k_base, v_base, o_base, lse_base, score_base,
+    stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
+    stride_lse_n, stride_score_c,
+    start_m, seq_len_q, seq_len_k,
+    qk_scale,  # softmax scale * log2(e)
+    score_row_start, score_row_end, score_col_start, score_col_end, score_weight,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_SCORE: tl.constexpr,
+):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n_tile = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_valid = offs_m < seq_len_q
+    d_valid = offs_d < HEAD_DIM
+
+    q = tl.load(
+        q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+        mask=row_valid[:, None] & d_valid[None, :], other=0.0,
+    )
+
+    # Online softmax state (log2 domain): running max, running sum of exp2(s - m_i), and the
+    # output accumulator scaled by the same exp2(-m_i).
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    for start_n in range(0, seq_len_k, BLOCK_N):
+        offs_n = start_n + offs_n_tile
+        col_valid = offs_n < seq_len_k
+        k_t = tl.load(  # K^T tile, (BLOCK_D, BLOCK_N)
+            k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            mask=col_valid[None, :] & d_valid[:, None], other=0.0,
+        )
+        s = tl.dot(q, k_t, input_precision="ieee") * qk_scale
+        s = tl.where(col_valid[None, :], s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+
+        v = tl.load(
+            v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            mask=col_valid[:, None] & d_valid[None, :], other=0.0,
+        )
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    tl.store(
+        o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+        acc.to(o_base.dtype.element_ty),
+        mask=row_valid[:, None] & d_valid[None, :],
+    )
+    tl.store(lse_base + offs_m * stride_lse_n, m_i + tl.log2(l_i), mask=row_valid)
+
+    if HAS_SCORE:
+        # Second pass, only for the query blocks holding keypoint rows: the final (m_i, l_i)
+        # turn the recomputed logits into normalised probabilities.
+        if (start_m < score_row_end) & (start_m + BLOCK_M > score_row_start):
+            row_in = (offs_m >= score_row_start) & (offs_m < score_row_end)
+            inv_l = tl.where(row_in, 1.0 / l_i, 0.0)
+            # Reload the query tile rather than keeping it live across the main loop.
+            q = tl.load(
+                q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=row_in[:, None] & d_valid[None, :], other=0.0,
+            )
+            for start_n in range(score_col_start, score_col_end, BLOCK_N):
+                offs_n = start_n + offs_n_tile
+                col_in = offs_n < score_col_end
+                k_t = tl.load(
+                    k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                    mask=col_in[None, :] & d_valid[:, None], other=0.0,
+                )
+                s = tl.dot(q, k_t, input_precision="ieee") * qk_scale
+                p = tl.exp2(s - m_i[:, None]) * inv_l[:, None]
+                col_sum = tl.sum(p, axis=0)
+                tl.atomic_add(
+                    score_base + (offs_n - score_col_start) * stride_score_c,
+                    col_sum * score_weight,
+                    mask=col_in,
+                    sem="relaxed",
+                )
+
+
+@triton.jit
+def attn_bwd_delta_tile(
+    o_base, do_base, delta_base,
+    stride_on, stride_od, stride_don, stride_dod, stride_delta_n,
+    start_m, seq_len_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_valid = offs_m < seq_len_q
+    mask = row_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(delta_base + offs_m * stride_delta_n, delta, mask=row_valid)
+
+
+@triton.jit
+def attn_bwd_dkdv_tile(
+    q_base, k_base, v_base, do_base, lse_base, delta_base, dk_base, dv_base,
+    stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
+    stride_lse_n, stride_dkn, stride_dkd, stride_dvn, stride_dvd,
+    start_n, seq_len_q, seq_len_k,
+    sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m_tile = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_valid = offs_n < seq_len_k
+    d_valid = offs_d < HEAD_DIM
+    kv_mask = col_valid[:, None] & d_valid[None, :]
+
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    for start_m in range(0, seq_len_q, BLOCK_M):
+        offs_m = start_m + offs_m_tile
+        row_valid = offs_m < seq_len_q
+        q_mask = row_valid[:, None] & d_valid[None, :]
+        q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+        lse = tl.load(lse_base + offs_m * stride_lse_n, mask=row_valid, other=0.0)
+        delta = tl.load(delta_base + offs_m * stride_lse_n, mask=row_valid, other=0.0)
+
+        # P^T (BLOCK_N, BLOCK_M) straight from the saved log-sum-exp; padded query rows give 0.
+        s_t = tl.dot(k, tl.trans(q), input_precision="ieee") * qk_scale
+        p_t = tl.exp2(s_t - lse[None, :])
+        p_t = tl.where(row_valid[None, :], p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision="ieee")
+
+        dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
+
+    dk = dk * sm_scale
+    tl.store(
+        dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+        dk.to(dk_base.dtype.element_ty), mask=kv_mask,
+    )
+    tl.store(
+        dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+        dv.to(dv_base.dtype.element_ty), mask=kv_mask,
+    )
+
+
+@triton.jit
+def attn_bwd_dq_tile(
+    q_base, k_base, v_base, do_base, lse_base, delta_base, dq_base,
+    stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
+    stride_lse_n, stride_dqn, stride_dqd,
+    start_m, seq_len_q, seq_len_k,
+    sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n_tile = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_valid = offs_m < seq_len_q
+    d_valid = offs_d < HEAD_DIM
+    q_mask = row_valid[:, None] & d_valid[None, :]
+
+    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
+    lse = tl.load(lse_base + offs_m * stride_lse_n, mask=row_valid, other=0.0)
+    delta = tl.load(delta_base + offs_m * stride_lse_n, mask=row_valid, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    for start_n in range(0, seq_len_k, BLOCK_N):
+        offs_n = start_n + offs_n_tile
+        col_valid = offs_n < seq_len_k
+        kv_t_mask = col_valid[None, :] & d_valid[:, None]
+        k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kv_t_mask, other=0.0)
+        v_t = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd, mask=kv_t_mask, other=0.0)
+
+        s = tl.dot(q, k_t, input_precision="ieee") * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(col_valid[None, :], p, 0.0)
+        dp = tl.dot(do, v_t, input_precision="ieee")
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k_t.dtype), tl.trans(k_t), dq, input_precision="ieee")
+
+    dq = dq * sm_scale
+    tl.store(
+        dq_base + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
+        dq.to(dq_base.dtype.element_ty), mask=q_mask,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched (B, H, N, d) kernels. Grid: (query or key blocks, H, B); program (i, h, b).
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _attn_fwd(
+    Q, K, V, Out, LSE, Score,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_lse_b, stride_lse_h,
+    stride_score_b, stride_score_c,
+    seq_len_q, seq_len_k, qk_scale,
+    score_row_start, score_row_end, score_col_start, score_col_end, score_weight,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_SCORE: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: B * N * H * d may exceed 2**31
+    attn_fwd_tile(
+        Q + batch * stride_qb + head * stride_qh,
+        K + batch * stride_kb + head * stride_kh,
+        V + batch * stride_vb + head * stride_vh,
+        Out + batch * stride_ob + head * stride_oh,
+        LSE + batch * stride_lse_b + head * stride_lse_h,
+        Score + batch * stride_score_b,
+        stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
+        1, stride_score_c,
+        start_m, seq_len_q, seq_len_k, qk_scale,
+        score_row_start, score_row_end, score_col_start, score_col_end, score_weight,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SCORE,
+    )
+
+
+@triton.jit(do_not_specialize=["seq_len_q"])
+def _attn_bwd_preprocess(
+    Out, dOut, Delta,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_delta_b, stride_delta_h,
+    seq_len_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    attn_bwd_delta_tile(
+        Out + batch * stride_ob + head * stride_oh,
+        dOut + batch * stride_dob + head * stride_doh,
+        Delta + batch * stride_delta_b + head * stride_delta_h,
+        stride_on, stride_od, stride_don, stride_dod, 1,
+        start_m, seq_len_q,
+        HEAD_DIM, BLOCK_D, BLOCK_M,
+    )
+
+
+@triton.jit(do_not_specialize=["seq_len_q", "seq_len_k"])
+def _attn_bwd_dkdv(
+    Q, K, V, dOut, LSE, Delta, dK, dV,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lse_b, stride_lse_h,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    seq_len_q, seq_len_k, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_n = tl.program_id(0) * BLOCK_N
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    lse_offset = batch * stride_lse_b + head * stride_lse_h  # LSE and Delta share one layout
+    attn_bwd_dkdv_tile(
+        Q + batch * stride_qb + head * stride_qh,
+        K + batch * stride_kb + head * stride_kh,
+        V + batch * stride_vb + head * stride_vh,
+        dOut + batch * stride_dob + head * stride_doh,
+        LSE + lse_offset,
+        Delta + lse_offset,
+        dK + batch * stride_dkb + head * stride_dkh,
+        dV + batch * stride_dvb + head * stride_dvh,
+        stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
+        1, stride_dkn, stride_dkd, stride_dvn, stride_dvd,
+        start_n, seq_len_q, seq_len_k, sm_scale, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+    )
+
+
+@triton.jit(do_not_specialize=["seq_len_q", "seq_len_k"])
+def _attn_bwd_dq(
+    Q, K, V, dOut, LSE, Delta, dQ,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lse_b, stride_lse_h,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+    seq_len_q, seq_len_k, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    lse_offset = batch * stride_lse_b + head * stride_lse_h
+    attn_bwd_dq_tile(
+        Q + batch * stride_qb + head * stride_qh,
+        K + batch * stride_kb + head * stride_kh,
+        V + batch * stride_vb + head * stride_vh,
+        dOut + batch * stride_dob + head * stride_doh,
+        LSE + lse_offset,
+        Delta + lse_offset,
+        dQ + batch * stride_dqb + head * stride_dqh,
+        stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
+        1, stride_dqn, stride_dqd,
+        start_m, seq_len_q, seq_len_k, sm_scale, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configuration
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """Tile sizes and launch options of one kernel: BLOCK_M query rows x BLOCK_N key columns."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Launch configuration of the forward and the three backward kernels.
+
+    fwd:  a program owns block_m query rows and steps through the keys block_n at a time.
+    dkdv: a program owns block_n key rows and steps through the queries block_m at a time.
+    dq:   a program owns block_m query rows and steps through the keys block_n at a time.
+    delta (backward preprocess): block_m rows per program (block_n unused).
+    block_d: the head dim padded to a power of two >= 16 (tl.dot needs K >= 16).
+    """
+
+    fwd: KernelLaunch
+    dkdv: KernelLaunch
+    dq: KernelLaunch
+    block_d: int
+    delta: KernelLaunch = KernelLaunch(64, 0, 4, 1)
+
+
+def attention_config(head_dim: int, dtype: torch.dtype, interpreter: bool = False) -> AttentionConfig:
+    """The launch configuration for a head dim and dtype on a CUDA device (or under the interpreter).
+
+    Chosen for the model's sequences (N = 66..450, d = 32 or 64): 64-row tiles keep the masked
+    waste of short ragged sequences small, the loops' inner tiles are narrower than the tile a
+    program owns (as in FlashAttention-2's backward), and every configuration compiles without
+    register spills on sm_80 and sm_90 (tests/test_aot.py, bench/kernel_resources.py).
+    fp32 (IEEE dots on CUDA cores, 4-byte tiles) gets smaller tiles.
+
+    With `interpreter=True` (CPU tensors under TRITON_INTERPRET=1) every kernel uses 64 x 64
+    tiles: the interpreter's cost is per tile operation, so fewer, larger tiles run fastest. The
+    kernels are written for any power-of-two tiles >= 16; the tests also run the CUDA
+    configurations under the interpreter.
+    """
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    L = KernelLaunch
+    if interpreter:
+        return AttentionConfig(L(64, 64), L(64, 64), L(64, 64), block_d)
+    if dtype != torch.float32:
+        if block_d <= 64:
+            fwd, dkdv, dq = L(64, 64, 4, 3), L(32, 64, 4, 2), L(64, 32, 4, 2)
+        elif block_d <= 128:
+            fwd, dkdv, dq = L(64, 32, 4, 2), L(32, 64, 4, 1), L(64, 32, 4, 2)
+        else:
+            fwd, dkdv, dq = L(64, 32, 8, 1), L(32, 32, 8, 1), L(32, 32, 8, 1)
+    else:
+        if block_d <= 32:
+            fwd, dkdv, dq = L(32, 32, 4, 1), L(32, 32, 4, 1), L(32, 32, 4, 1)
+        elif block_d <= 64:
+            fwd, dkdv, dq = L(32, 32, 4, 1), L(16, 32, 4, 1), L(32, 16, 4, 1)
+        elif block_d <= 128:
+            fwd, dkdv, dq = L(32, 32, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
+        else:
+            fwd, dkdv, dq = L(16, 16, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
+    return AttentionConfig(fwd, dkdv, dq, block_d)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be (B, H, N, d) tensors, got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    B, H, _, d = q.shape
+    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[3] != d or v.shape[3] != d:
+        raise ValueError(
+            f"q, k, v must agree on batch, heads and head dim, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same sequence length, got {k.shape[2]} and {v.shape[2]}")
+    if k.shape[2] == 0 and q.shape[2] > 0:
+        raise ValueError("attention over an empty key sequence is undefined")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"unsupported dtype {q.dtype}; expected float32, float16 or bfloat16")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if H > _MAX_GRID_YZ or B > _MAX_GRID_YZ:
+        raise ValueError(f"at most {_MAX_GRID_YZ} heads and {_MAX_GRID_YZ} samples per call, got H={H}, B={B}")
+
+
+def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
+    """A (B, H, N, d) view of a contiguous (B, N, H, d) buffer."""
+    return torch.empty((B, N, H, d), dtype=like.dtype, device=like.device).transpose(1, 2)
+
+
+def _device_guard(t: torch.Tensor):
+    """Launch on the tensor's GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    score: torch.Tensor | None = None,
+    score_rows: tuple[int, int] = (0, 0),
+    score_cols: tuple[int, int] = (0, 0),
+    score_weight: float = 1.0,
+    *,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    config: AttentionConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel; returns (out, lse). No argument checks beyond shapes.
+
+    `score_rows` / `score_cols` are resolved (start, end) ranges; `score_weight` is the
+    per-layer weight (divided by H here). `out` (B, H, N, d) and `lse` (B, H, N) float32 may be
+    given (any strides, lse with unit stride along N); `config` overrides the block sizes.
+    """
+    B, H, Nq, d = q.shape
+    Nk = k.shape[2]
+    cfg = config or attention_config(d, q.dtype, interpreter=q.device.type != "cuda")
+    if out is None:
+        out = _token_major(B, H, Nq, d, q)
+    if lse is None:
+        lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    assert lse.stride(2) == 1 or Nq <= 1, "lse must have unit stride along the sequence"
+    (r0, r1), (c0, c1) = score_rows, score_cols
+    has_score = score is not None and r1 > r0 and c1 > c0
+    if B == 0 or H == 0 or Nq == 0:
+        return out, lse
+    score_arg = score if has_score else lse  # any valid pointer; unused without HAS_SCORE
+    score_strides = (score.stride(0), score.stride(1)) if has_score else (0, 0)
+    grid = (triton.cdiv(Nq, cfg.fwd.block_m), H, B)
+    with _device_guard(q):
+        _attn_fwd[grid](
+            q, k, v, out, lse, score_arg,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            lse.stride(0), lse.stride(1),
+            *score_strides,
+            Nq, Nk, scale * LOG2E,
+            r0, r1, c0, c1, float(score_weight) / H,
+            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
+            HAS_SCORE=has_score,
+            num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages,
+        )
+    return out, lse
+
+
+def attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    *,
+    dq: torch.Tensor | None = None,
+    dk: torch.Tensor | None = None,
+    dv: torch.Tensor | None = None,
+    config: AttentionConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the three backward kernels; returns (dq, dk, dv), token-major like the output."""
+    B, H, Nq, d = q.shape
+    Nk = k.shape[2]
+    cfg = config or attention_config(d, q.dtype, interpreter=q.device.type != "cuda")
+    dq = _token_major(B, H, Nq, d, q) if dq is None else dq
+    dk = _token_major(B, H, Nk, d, k) if dk is None else dk
+    dv = _token_major(B, H, Nk, d, v) if dv is None else dv
+    if B == 0 or H == 0:
+        return dq, dk, dv
+    if Nq == 0:  # no queries: nothing flows back into the keys and values
+        dk.zero_()
+        dv.zero_()
+        return dq, dk, dv
+    delta = torch.empty_like(lse)
+    with _device_guard(q):
+        _attn_bwd_preprocess[(triton.cdiv(Nq, cfg.delta.block_m), H, B)](
+            out, dout, delta,
+            *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
+            Nq,
+            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.delta.block_m,
+            num_warps=cfg.delta.num_warps, num_stages=cfg.delta.num_stages,
+        )
+        _attn_bwd_dkdv[(triton.cdiv(Nk, cfg.dkdv.block_n), H, B)](
+            q, k, v, dout, lse, delta, dk, dv,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(),
+            lse.stride(0), lse.stride(1), *dk.stride(), *dv.stride(),
+            Nq, Nk, scale, scale * LOG2E,
+            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
+            num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages,
+        )
+        _attn_bwd_dq[(triton.cdiv(Nq, cfg.dq.block_m), H, B)](
+            q, k, v, dout, lse, delta, dq,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(),
+            lse.stride(0), lse.stride(1), *dq.stride(),
+            Nq, Nk, scale, scale * LOG2E,
+            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+            num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages,
+        )
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd and the functional entry point
+# ----------------------------------------------------------------------------------------------
+
+
+class FusedAttentionFunction(torch.autograd.Function):
+    """softmax(q k^T * scale) v, differentiable in q, k, v; optionally adds into `score`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, score, score_rows, score_cols, score_weight):
+        out, lse = attention_forward(q, k, v, scale, score, score_rows, score_cols, score_weight)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward(dout, q, k, v, out, lse, ctx.scale)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def attention(
@@ -15,4 +660,18 @@ def attention(
     score_cols: tuple[int, int] | None = None,
     score_weight: float = 1.0,
 ) -> torch.Tensor:
-    raise NotImplementedError("the Triton fused attention kernel is not implemented yet")
+    """Softmax attention over (B, H, N, d) tensors (Triton), same contract as `kernels.reference.attention`.
+
+    With `score`, also adds `score_weight` times the head-mean of the attention probabilities,
+    summed over query rows `score_rows` and restricted to key columns `score_cols`, into the
+    (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) view of a
+    contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
+    """
+    _check_qkv(q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    rows, cols = (0, 0), (0, 0)
+    if score is not None:
+        rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
+        if score.device != q.device:
+            raise ValueError(f"score must be on {q.device}, got {score.device}")
+    return FusedAttentionFunction.apply(q, k, v, scale, score, rows, cols, float(score_weight))

@@ -1,0 +1,171 @@
+"""Micro-benchmark of the fused attention (+ keypoint-attention score) at SHaRPose's shapes.
+
+On CUDA, per shape (B 64 / 256, H 12, d 32 / 64):
+  coarse stage, N 66 / 126, score rows (1, 17), columns (18, N):
+    ours + score | ours, no score | torch SDPA (flash backend when it takes the shape)
+    | explicit softmax path (kernels.reference.attention with the score: materialises N x N)
+  fine stage, N 125 / 224, no score:
+    ours | torch SDPA
+and prints ms per call, the EMA overhead of the score (ours + score vs ours), ours vs SDPA and the
+explicit path vs ours. `--backward` times forward + backward instead of the forward alone.
+
+On CPU (no CUDA) the Triton kernel would run under the interpreter, which says nothing about its
+speed, so only the reference paths (SDPA and the explicit softmax path) are timed, at a small batch.
+
+    python bench/bench_attention.py [--dtype bfloat16|float16|float32] [--backward] [--batches 64 256]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CUDA = torch.cuda.is_available()
+if not CUDA:  # the kernel module imports triton; keep the interpreter switch consistent
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import reference  # noqa: E402
+
+H = 12
+COARSE = [(66, True), (126, True)]   # (N, with score): 1 quality + 17 keypoints + 48 / 108 patches
+FINE = [(125, False), (224, False)]  # 17 keypoints + fine/coarse tokens (alpha 0.4, 256x192) / more
+
+
+def _sdpa_context():
+    """Flash backend when torch has the context manager (falls back to the default choice)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    except Exception:  # noqa: BLE001 - older torch
+        return contextlib.nullcontext()
+
+
+def _make_inputs(B, N, d, dtype, device, requires_grad):
+    x = torch.randn(B, N, 3 * H * d, device=device, dtype=dtype, requires_grad=requires_grad)
+    qkv = x.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+    return x, qkv[0], qkv[1], qkv[2]
+
+
+def _timer_cuda(fn, backward, x):
+    import triton.testing
+
+    if backward:
+        def step():
+            out = fn()
+            out.backward(torch.ones_like(out))
+        return triton.testing.do_bench(step, grad_to_none=[x])
+    return triton.testing.do_bench(fn)
+
+
+def _timer_cpu(fn, backward, x, repeat=5):
+    def step():
+        out = fn()
+        if backward:
+            out.backward(torch.ones_like(out))
+            x.grad = None
+    step()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def bench_cuda(batches, head_dims, dtype, backward):
+    from kernels.fused_attention import attention
+
+    rows = []
+    for B in batches:
+        for d in head_dims:
+            for N, with_score in COARSE + FINE:
+                x, q, k, v = _make_inputs(B, N, d, dtype, "cuda", backward)
+                score = torch.zeros(B, N - 18, device="cuda")
+                kw = dict(score=score, score_rows=(1, 17), score_cols=(18, N), score_weight=0.01)
+                r = {"B": B, "N": N, "d": d, "stage": "coarse" if with_score else "fine"}
+                r["ours"] = _timer_cuda(lambda: attention(q, k, v), backward, x)
+                with _sdpa_context():
+                    r["sdpa"] = _timer_cuda(lambda: F.scaled_dot_product_attention(q, k, v), backward, x)
+                if with_score:
+                    r["ours+score"] = _timer_cuda(lambda: attention(q, k, v, **kw), backward, x)
+                    r["explicit+score"] = _timer_cuda(lambda: reference.attention(q, k, v, **kw), backward, x)
+                rows.append(r)
+                del x, q, k, v, score
+                torch.cuda.empty_cache()
+    return rows
+
+
+def bench_cpu(batches, head_dims, backward):
+    rows = []
+    for B in batches:
+        for d in head_dims:
+            for N, with_score in COARSE + FINE:
+                x, q, k, v = _make_inputs(B, N, d, torch.float32, "cpu", backward)
+                score = torch.zeros(B, N - 18)
+                kw = dict(score=score, score_rows=(1, 17), score_cols=(18, N), score_weight=0.01)
+                r = {"B": B, "N": N, "d": d, "stage": "coarse" if with_score else "fine"}
+                r["sdpa"] = _timer_cpu(lambda: F.scaled_dot_product_attention(q, k, v), backward, x)
+                if with_score:
+                    r["explicit+score"] = _timer_cpu(lambda: reference.attention(q, k, v, **kw), backward, x)
+                rows.append(r)
+    return rows
+
+
+def _fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows, cuda):
+    cols = ["ours+score", "ours", "sdpa", "explicit+score"] if cuda else ["sdpa", "explicit+score"]
+    head = f"{'stage':>6} {'B':>4} {'N':>4} {'d':>3} " + " ".join(f"{c + ' ms':>17}" for c in cols)
+    if cuda:
+        head += f" {'EMA overhead':>13} {'ours/SDPA':>10} {'explicit/ours+score':>20}"
+    else:
+        head += f" {'explicit/SDPA':>14}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        line = f"{r['stage']:>6} {r['B']:>4} {r['N']:>4} {r['d']:>3} " + " ".join(f"{_fmt(r.get(c)):>17}" for c in cols)
+        if cuda:
+            overhead = 100 * (r["ours+score"] / r["ours"] - 1) if "ours+score" in r else None
+            explicit = r["explicit+score"] / r["ours+score"] if "ours+score" in r else None
+            line += f" {_fmt(overhead, '+.1f') + ' %' if overhead is not None else '-':>13}"
+            line += f" {_fmt(r['ours'] / r['sdpa'], '.2f'):>10} {_fmt(explicit, '.2f'):>20}"
+        else:
+            explicit = r["explicit+score"] / r["sdpa"] if "explicit+score" in r else None
+            line += f" {_fmt(explicit, '.2f'):>14}"
+        print(line)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
+    args = parser.parse_args()
+    mode = "forward + backward" if args.backward else "forward"
+    if CUDA:
+        batches = args.batches or [64, 256]
+        print(f"# {torch.cuda.get_device_name()}, {args.dtype}, H={H}, {mode}; "
+              "triton.testing.do_bench, mean ms")
+        print_table(bench_cuda(batches, args.head_dims, getattr(torch, args.dtype), args.backward), cuda=True)
+    else:
+        batches = args.batches or [4]
+        print(f"# no CUDA device: timing only the reference paths on CPU (float32, H={H}, {mode}, "
+              "median of 5). The Triton kernel runs here only under the interpreter, whose speed "
+              "means nothing; run on a GPU for the real comparison.")
+        print_table(bench_cpu(batches, args.head_dims, args.backward), cuda=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Registers, spills and shared memory of the fused-attention kernels, compiled ahead of time.
+
+No GPU needed: the kernels are compiled for sm_80 and sm_90 with the launchers' configurations
+(see kernels.aot) and measured with ptxas / cuobjdump from the triton wheel.
+
+    python bench/kernel_resources.py                       # the model's configurations
+    python bench/kernel_resources.py --head-dims 16 32 64 128 --dtypes float16 bfloat16 float32
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels.aot import attention_kernel_specs, format_table, measure_specs, tools_available  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--caps", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
+    parser.add_argument("--jobs", type=int, default=None, help="parallel compile workers (default: CPU count)")
+    args = parser.parse_args()
+    ok, why = tools_available()
+    if not ok:
+        sys.exit(f"cannot measure: {why}")
+    start = time.perf_counter()
+    rows = measure_specs(attention_kernel_specs(tuple(args.caps), tuple(args.head_dims), tuple(args.dtypes)), args.jobs)
+    print(format_table(rows))
+    print(f"\n{len(rows)} kernels compiled in {time.perf_counter() - start:.1f} s "
+          "(regs: registers per thread; smem B: shared memory per block in bytes; "
+          "mma: tensor-core instructions in the PTX, wgmma on sm_90 / mma.sync)")
+
+
+if __name__ == "__main__":
+    main()

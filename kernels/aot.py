@@ -1,0 +1,364 @@
+"""Ahead-of-time compilation of Triton kernels for CUDA targets, without a GPU.
+
+`triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cap, 32))`
+runs the whole Triton pipeline (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin with the `ptxas`
+shipped inside the triton wheel), so register pressure, spills and shared memory of a kernel
+can be read without a device:
+
+- registers, stack and local memory per thread: `cuobjdump --dump-resource-usage` on the cubin;
+- spill stores / loads (bytes): the local-memory stores / loads (STL / LDL) in the cubin's SASS
+  (`cuobjdump -sass`); Triton kernels keep no arrays in local memory, so these are the spills;
+- shared memory: what Triton launches the kernel with (dynamic shared memory, `metadata.shared`),
+  plus any static shared memory cuobjdump reports.
+
+Under `TRITON_INTERPRET=1`, `@triton.jit` functions are interpreter objects that cannot be
+compiled, so `measure_specs` runs the compilation in a subprocess with the interpreter off.
+
+`attention_kernel_specs` lists the fused-attention kernels exactly as the launchers in
+`kernels.fused_attention` call them (block sizes, warps, stages from `attention_config`),
+with the argument specialisations the model's strided qkv views produce at run time.
+
+Command line: `python -m kernels.aot [--caps 80 90] [--head-dims 32 64] [--dtypes float16 bfloat16]`
+prints the measurements as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_TORCH_TO_TRITON = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+@dataclass
+class KernelSpec:
+    """One kernel compilation: which @triton.jit function, its argument types and constants."""
+
+    kernel: str  # attribute name in `module`
+    module: str
+    signature: dict[str, str]  # arg name -> "*fp16" | "i32" | "fp32" | "constexpr" ...
+    constexprs: dict[str, Any]
+    divisible_by_16: list[str] = field(default_factory=list)  # args specialised as multiples of 16
+    num_warps: int = 4
+    num_stages: int = 3
+    capability: int = 90
+    label: dict[str, Any] = field(default_factory=dict)  # free-form description (config, dtype, ...)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tools shipped with triton
+# ----------------------------------------------------------------------------------------------
+
+
+def _triton_nvidia_bin() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("triton")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("triton is not installed")
+    return Path(spec.origin).parent / "backends" / "nvidia" / "bin"
+
+
+def find_tool(name: str, capability: int = 80) -> str:
+    """Path of a CUDA tool (ptxas, cuobjdump) as triton uses it; falls back to the wheel's bin dir and PATH."""
+    try:  # triton >= 3.2: knobs / get_ptxas know about the env overrides (TRITON_PTXAS_PATH, ...)
+        if name == "ptxas":
+            from triton.backends.nvidia import compiler as nv
+
+            try:
+                return nv.get_ptxas(capability).path
+            except TypeError:
+                return nv.get_ptxas().path
+        from triton import knobs
+
+        return getattr(knobs.nvidia, name).path
+    except Exception:
+        pass
+    candidate = _triton_nvidia_bin() / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found in {_triton_nvidia_bin()} nor on PATH")
+    return found
+
+
+def tools_available() -> tuple[bool, str]:
+    """(True, "") when ptxas and cuobjdump run here, else (False, why)."""
+    for tool in ("ptxas", "cuobjdump"):
+        try:
+            path = find_tool(tool)
+            subprocess.run([path, "--version"], check=True, capture_output=True, timeout=60)
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot measure here"
+            return False, f"{tool} cannot run: {exc}"
+    return True, ""
+
+
+def _sm_arch(capability: int) -> str:
+    try:
+        from triton.backends.nvidia.compiler import sm_arch_from_capability
+
+        return sm_arch_from_capability(capability)
+    except Exception:
+        return f"sm_{capability}{'a' if capability >= 90 else ''}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile and measure (in-process; the interpreter must be off)
+# ----------------------------------------------------------------------------------------------
+
+
+def _ast_source(fn, signature: dict[str, str], constexprs: dict[str, Any], divisible: list[str]):
+    """Build an ASTSource across triton versions (3.2+ take names; older ones indices)."""
+    from triton.compiler import ASTSource
+
+    names = list(fn.arg_names)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    attempts = [
+        lambda: ASTSource(fn, signature, constexprs, attrs),
+        lambda: ASTSource(fn, signature, constexprs),
+        lambda: ASTSource(  # triton <= 3.1: index-keyed signature and constants, no constexpr type
+            fn,
+            {names.index(n): t for n, t in signature.items() if t != "constexpr"},
+            {names.index(n): v for n, v in constexprs.items()},
+        ),
+    ]
+    errors = []
+    for make in attempts:
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+    raise RuntimeError("cannot build an ASTSource with this triton: " + "; ".join(errors))
+
+
+def _parse_resource_usage(text: str, name: str) -> dict[str, int]:
+    usage: dict[str, int] = {}
+    block = re.search(rf"Function {re.escape(name)}:\s*\n(.*?)(?:\n\s*Function |\Z)", text, re.S)
+    body = block.group(1) if block else text
+    for key in ("REG", "STACK", "SHARED", "LOCAL"):
+        m = re.search(rf"\b{key}:(\d+)", body)
+        usage[key] = int(m.group(1)) if m else 0
+    return usage
+
+
+_LOCAL_ACCESS = re.compile(r"\b(STL|LDL)(?:\.(64|128|U8|S8|U16|S16))?\b")
+_ACCESS_BYTES = {None: 4, "64": 8, "128": 16, "U8": 1, "S8": 1, "U16": 2, "S16": 2}
+
+
+def _sass_spills(sass: str) -> dict[str, int]:
+    """Bytes stored to / loaded from local memory by the SASS (STL / LDL): Triton kernels keep
+    no arrays in local memory, so these are the register spills, as ptxas -v counts them."""
+    totals = {"STL": 0, "LDL": 0}
+    for op, width in _LOCAL_ACCESS.findall(sass):
+        totals[op] += _ACCESS_BYTES[width or None]
+    return {"spill_stores": totals["STL"], "spill_loads": totals["LDL"]}
+
+
+def compile_spec(spec: KernelSpec):
+    """Compile one spec for its CUDA capability; returns triton's CompiledKernel."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    fn = getattr(importlib.import_module(spec.module), spec.kernel)
+    if not hasattr(fn, "arg_names") or type(fn).__name__ == "InterpretedFunction":
+        raise RuntimeError("cannot compile under TRITON_INTERPRET=1; use measure_specs (runs a subprocess)")
+    src = _ast_source(fn, spec.signature, spec.constexprs, spec.divisible_by_16)
+    target = GPUTarget("cuda", spec.capability, 32)
+    return triton.compile(src, target=target, options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+
+
+def measure_spec(spec: KernelSpec) -> dict[str, Any]:
+    """Compile one spec and read its resource usage: registers, spills, shared memory."""
+    compiled = compile_spec(spec)
+    cuobjdump = find_tool("cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage_text = subprocess.run(
+            [cuobjdump, "--dump-resource-usage", str(cubin)], check=True, capture_output=True, text=True
+        ).stdout
+        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
+    usage = _parse_resource_usage(usage_text, compiled.metadata.name)
+    spills = _sass_spills(sass)
+    ptx = compiled.asm["ptx"]
+    return {
+        **spec.label,
+        "kernel": spec.kernel,
+        "capability": spec.capability,
+        "num_warps": spec.num_warps,
+        "num_stages": spec.num_stages,
+        "registers": usage["REG"],
+        "spill_stores": spills["spill_stores"],
+        "spill_loads": spills["spill_loads"],
+        "stack": usage["STACK"],
+        "local": usage["LOCAL"],
+        "shared_mem": int(compiled.metadata.shared) + usage["SHARED"],
+        "tensor_cores": "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "-",
+    }
+
+
+def _measure_in_process(specs: list[KernelSpec]) -> list[dict[str, Any]]:
+    return [measure_spec(s) for s in specs]
+
+
+def measure_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict[str, Any]]:
+    """Measure every spec; runs subprocesses (interpreter off) split over `jobs` workers."""
+    if not specs:
+        return []
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(specs)))
+    env = dict(os.environ)
+    env["TRITON_INTERPRET"] = "0"
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; keep its default
+    env["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    chunks = [specs[i::jobs] for i in range(jobs)]
+    procs = []
+    for chunk in chunks:
+        payload = json.dumps([asdict(s) for s in chunk])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kernels.aot", "--worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env, cwd=str(_REPO_ROOT),
+        )
+        procs.append((proc, payload, chunk))
+    results: list[tuple[KernelSpec, dict[str, Any]]] = []
+    for proc, payload, chunk in procs:
+        out, err = proc.communicate(payload)
+        if proc.returncode != 0:
+            raise RuntimeError(f"AOT compilation failed:\n{err[-6000:]}")
+        results.extend(zip(chunk, json.loads(out.strip().splitlines()[-1])))
+    order = {id(s): i for i, s in enumerate(specs)}
+    results.sort(key=lambda r: order[id(r[0])])
+    return [r for _, r in results]
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused-attention kernels as launched by kernels.fused_attention
+# ----------------------------------------------------------------------------------------------
+
+_ATTN_MODULE = "kernels.fused_attention"
+# Launcher arguments that are floats, and run-time ints the model never makes multiples of 16.
+_FLOAT_ARGS = {"qk_scale", "sm_scale", "score_weight"}
+_PLAIN_INTS = {
+    "seq_len_q", "seq_len_k", "score_row_start", "score_row_end", "score_col_start", "score_col_end",
+    "stride_lse_b", "stride_lse_h", "stride_delta_b", "stride_delta_h", "stride_score_b",
+}
+# Strides equal to 1 at run time (contiguous head dim, contiguous score row): triton turns them
+# into constants, so the AOT build does the same.
+_UNIT_STRIDES = {"stride_score_c"}
+
+
+def _attention_signature(kernel_name: str, dtype: str, constexprs: dict[str, Any], has_score: bool):
+    import importlib
+
+    fn = getattr(importlib.import_module(_ATTN_MODULE), kernel_name)
+    elem = _TORCH_TO_TRITON[dtype]
+    fp32_buffers = {"LSE", "Delta", "Score"}
+    signature: dict[str, str] = {}
+    consts: dict[str, Any] = {}
+    divisible: list[str] = []
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+            consts[name] = constexprs[name]
+        elif name[:1].isupper() or name.startswith("d") and name[1:2].isupper():  # pointers: Q, dOut, dK...
+            signature[name] = "*fp32" if name in fp32_buffers else f"*{elem}"
+            divisible.append(name)
+        elif name in _FLOAT_ARGS:
+            signature[name] = "fp32"
+        elif name.endswith("d") and name.startswith("stride_") or name in _UNIT_STRIDES:
+            signature[name] = "constexpr"
+            consts[name] = 1
+        elif name in _PLAIN_INTS:
+            signature[name] = "i32"
+        elif name.startswith("stride_"):
+            signature[name] = "i32"
+            divisible.append(name)
+        else:
+            raise ValueError(f"no AOT type for argument {name!r} of {kernel_name}")
+    if not has_score and "Score" in signature:  # Score then aliases LSE; its strides are 0
+        for name in ("stride_score_b", "stride_score_c"):
+            signature[name] = "i32"
+            consts.pop(name, None)
+    return signature, consts, divisible
+
+
+def attention_kernel_specs(
+    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None
+) -> list[KernelSpec]:
+    """The forward (with and without score) and backward kernels at the launchers' configurations.
+
+    `config_fn(head_dim, torch_dtype) -> AttentionConfig` replaces `attention_config` (to try others).
+    """
+    import torch
+
+    from kernels.fused_attention import attention_config
+
+    config_fn = config_fn or attention_config
+    specs = []
+    for cap in capabilities:
+        for d in head_dims:
+            for dtype in dtypes:
+                cfg = config_fn(d, getattr(torch, dtype))
+                shape = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d}
+                kernels = [
+                    ("_attn_fwd", "fwd", cfg.fwd, {"HAS_SCORE": False}),
+                    ("_attn_fwd", "fwd+score", cfg.fwd, {"HAS_SCORE": True}),
+                    ("_attn_bwd_preprocess", "bwd delta", cfg.delta, {}),
+                    ("_attn_bwd_dkdv", "bwd dk/dv", cfg.dkdv, {}),
+                    ("_attn_bwd_dq", "bwd dq", cfg.dq, {}),
+                ]
+                for kernel, variant, launch, extra in kernels:
+                    consts = {**shape, "BLOCK_M": launch.block_m, **extra}
+                    if kernel != "_attn_bwd_preprocess":
+                        consts["BLOCK_N"] = launch.block_n
+                    sig, consts, div = _attention_signature(kernel, dtype, consts, extra.get("HAS_SCORE", False))
+                    specs.append(KernelSpec(
+                        kernel, _ATTN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
+                        {"dtype": dtype, "head_dim": d, "variant": variant,
+                         "block_m": launch.block_m, "block_n": launch.block_n},
+                    ))
+    return specs
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cols = ["capability", "variant", "dtype", "head_dim", "block_m", "block_n", "num_warps", "num_stages",
+            "registers", "spill_stores", "spill_loads", "stack", "shared_mem", "tensor_cores"]
+    heads = ["sm", "kernel", "dtype", "d", "BM", "BN", "warps", "stages", "regs", "spill st", "spill ld",
+             "stack", "smem B", "mma"]
+    table = [heads] + [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", action="store_true", help="internal: read specs as JSON on stdin")
+    parser.add_argument("--caps", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
+    args = parser.parse_args(argv)
+    if args.worker:
+        specs = [KernelSpec(**d) for d in json.loads(sys.stdin.read())]
+        print(json.dumps(_measure_in_process(specs)))
+        return
+    rows = measure_specs(attention_kernel_specs(tuple(args.caps), tuple(args.head_dims), tuple(args.dtypes)))
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Ahead-of-time compilation of the fused-attention kernels for sm_80 and sm_90, no GPU needed.
+
+Every kernel, at the configurations the launchers use for the model (head dim 32 and 64,
+fp16 and bf16), must compile through the full Triton -> PTX -> cubin pipeline with zero register
+spills, fit the shared memory of the architecture and use tensor cores for its dots. This also
+catches what the interpreter lets through (e.g. tl.dot operands of different dtypes).
+"""
+from __future__ import annotations
+
+import pytest
+
+from kernels.aot import (
+    KernelSpec,
+    _attention_signature,
+    _sass_spills,
+    attention_kernel_specs,
+    measure_specs,
+    tools_available,
+)
+
+_TOOLS_OK, _WHY = tools_available()
+pytestmark = pytest.mark.skipif(not _TOOLS_OK, reason=f"CUDA tools from the triton wheel cannot run here: {_WHY}")
+
+CAPS = (80, 90)
+HEAD_DIMS = (32, 64)
+DTYPES = ("float16", "bfloat16")
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block
+
+
+@pytest.fixture(scope="module")
+def resources():
+    specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES)
+    # One configuration known to spill (fp32, d 128, 32 x 32 tiles, 4 warps on sm_80): proves the
+    # measurement does see spills.
+    sig, consts, div = _attention_signature(
+        "_attn_fwd", "float32",
+        {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 32, "BLOCK_N": 32, "HAS_SCORE": False}, False,
+    )
+    specs.append(
+        KernelSpec("_attn_fwd", "kernels.fused_attention", sig, consts, div, 4, 1, 80, {"variant": "oversized"})
+    )
+    rows = measure_specs(specs)
+    return {
+        "oversized" if r["variant"] == "oversized" else (r["capability"], r["head_dim"], r["dtype"], r["variant"]): r
+        for r in rows
+    }
+
+
+VARIANTS = ("fwd", "fwd+score", "bwd delta", "bwd dk/dv", "bwd dq")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("cap", CAPS)
+def test_compiles_without_spills(resources, cap, head_dim, dtype, variant):
+    r = resources[(cap, head_dim, dtype, variant)]
+    assert 0 < r["registers"] <= 255, r
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"register spills: {r}"
+    assert r["stack"] == 0 and r["local"] == 0, f"local memory in use: {r}"
+    assert 0 < r["shared_mem"] <= SHARED_LIMIT[cap], r
+    if variant != "bwd delta":  # the preprocess has no matrix product
+        assert r["tensor_cores"] == ("wgmma" if cap >= 90 else "mma"), f"dots not on tensor cores: {r}"
+
+
+def test_launcher_configs_are_the_ones_compiled():
+    import torch
+
+    from kernels.fused_attention import attention_config
+
+    for spec in attention_kernel_specs((90,), (64,), ("float16",)):
+        cfg = attention_config(64, torch.float16)
+        launch = {"fwd": cfg.fwd, "fwd+score": cfg.fwd, "bwd delta": cfg.delta, "bwd dk/dv": cfg.dkdv,
+                  "bwd dq": cfg.dq}[spec.label["variant"]]
+        assert spec.constexprs["BLOCK_M"] == launch.block_m
+        assert spec.constexprs.get("BLOCK_N", 0) == launch.block_n
+        assert (spec.num_warps, spec.num_stages) == (launch.num_warps, launch.num_stages)
+        assert spec.constexprs["BLOCK_D"] == cfg.block_d
+
+
+def test_measurement_detects_spills(resources):
+    r = resources["oversized"]
+    assert r["spill_stores"] > 0 and r["spill_loads"] > 0 and r["stack"] > 0, r
+
+
+def test_sass_spill_parser():
+    sass = """
+        /*0100*/  STL.64 [R1+0x8], R4 ;
+        /*0110*/  STL [R1], R2 ;
+        /*0120*/  LDL.128 R8, [R1+0x10] ;
+        /*0130*/  STG.E [R2.64], R4 ;
+        /*0140*/  LDS R5, [R0] ;
+    """
+    assert _sass_spills(sass) == {"spill_stores": 12, "spill_loads": 16}

@@ -1,0 +1,452 @@
+"""The Triton fused attention (+ keypoint-attention score) against `kernels.reference.attention`.
+
+On CPU the kernels run under the Triton interpreter (tests/conftest.py), so the shapes stay
+modest; on a GPU the same tests run compiled. fp32 is compared tightly, fp16 loosely (against the
+fp32 reference on the same, upcast, inputs), bf16 only on CUDA (the interpreter has no bf16).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels import reference
+from kernels.fused_attention import (
+    LOG2E,
+    AttentionConfig,
+    KernelLaunch,
+    attention,
+    attention_backward,
+    attention_config,
+    attention_forward,
+)
+
+CUDA = torch.cuda.is_available()
+# (atol, rtol) per dtype for outputs / scores / gradients, relative to the largest reference value.
+TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
+
+
+def _qkv(B, H, N, d, dtype, device, requires_grad=True):
+    """q, k, v as the model makes them: strided views of one fused (B, N, 3*H*d) projection."""
+    x = torch.randn(B, N, 3 * H * d, device=device, dtype=torch.float32).to(dtype)
+    x.requires_grad_(requires_grad)
+    qkv = x.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+    return x, (qkv[0], qkv[1], qkv[2])
+
+
+def _views(x, B, H, N, d):
+    qkv = x.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def _assert_close(actual, expected, dtype, what, scale=1.0):
+    actual, expected = actual.float(), expected.float()
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    bound = TOL[dtype] * scale * max(1.0, expected.abs().max().item() if expected.numel() else 0.0)
+    assert err <= bound, f"{what}: max abs error {err:.3g} > {bound:.3g}"
+
+
+def _model_score_ranges(N):
+    """Coarse-stage settings: keypoint rows 1..16, visual columns 18..N (clipped for tiny N)."""
+    rows = (min(1, N), min(17, N))
+    cols = (min(18, N), N)
+    return rows, cols
+
+
+def _check(B, H, N, d, dtype, device, rows=None, cols=None, with_score=True, scale=None, backward=True,
+           weight=0.37, Nk=None):
+    """Run ours and the reference on the same inputs; compare out, the score increment, and grads."""
+    x, (q, k, v) = _qkv(B, H, N, d, dtype, device)
+    if Nk is not None:  # cross attention: separate key/value sequence
+        kv = torch.randn(B, Nk, 2 * H * d, device=device).to(dtype).requires_grad_()
+        kvv = kv.reshape(B, Nk, 2, H, d).permute(2, 0, 3, 1, 4)
+        k, v = kvv[0], kvv[1]
+    n_keys = k.shape[2]
+    score_kw = {}
+    if with_score:
+        rows = rows if rows is not None else (0, N)
+        cols = cols if cols is not None else (0, n_keys)
+        start = torch.rand(B, cols[1] - cols[0], device=device) + 0.5  # non-zero: only additions count
+        score_kw = dict(score_rows=rows, score_cols=cols, score_weight=weight)
+    ours_score = start.clone() if with_score else None
+    out = attention(q, k, v, scale=scale, score=ours_score, **score_kw)
+
+    # The reference in fp32 on the same (upcast) inputs.
+    x_ref = x.detach().float().requires_grad_()
+    q_r, k_r, v_r = _views(x_ref, B, H, N, d)
+    if Nk is not None:
+        kv_ref = kv.detach().float().requires_grad_()
+        kvv_r = kv_ref.reshape(B, Nk, 2, H, d).permute(2, 0, 3, 1, 4)
+        k_r, v_r = kvv_r[0], kvv_r[1]
+    ref_score = start.clone() if with_score else None
+    out_ref = reference.attention(q_r, k_r, v_r, scale=scale, score=ref_score, **score_kw)
+
+    assert out.shape == out_ref.shape and out.dtype == dtype
+    _assert_close(out, out_ref, dtype, "out")
+    if with_score:
+        _assert_close(ours_score - start, ref_score - start, dtype, "score increment")
+    if backward:
+        grad = torch.randn_like(out_ref)
+        (out * grad.to(dtype)).sum().backward()
+        (out_ref * grad).sum().backward()
+        _assert_close(x.grad, x_ref.grad, dtype, "d(qkv)", scale=4.0)
+        if Nk is not None:
+            _assert_close(kv.grad, kv_ref.grad, dtype, "d(kv)", scale=4.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward + backward against the reference (fp32, tight)
+# ------------------------------------------------------------------------------------------------
+
+SHAPES_FP32 = [
+    # B, H, N, d
+    (1, 1, 1, 16),
+    (1, 2, 2, 32),
+    (2, 3, 17, 64),
+    (3, 1, 64, 16),
+    (1, 2, 65, 128),
+    (2, 12, 66, 32),  # coarse stage, 256x192
+    (1, 2, 125, 64),  # fine stage, 256x192, alpha 0.4
+    (1, 2, 126, 32),  # coarse stage, 384x288
+    (3, 2, 100, 64),
+    (1, 12, 126, 64),  # coarse stage, 384x288, Base
+    (2, 4, 224, 32),
+    (1, 1, 129, 128),
+    (1, 1, 450, 32),
+    (1, 2, 450, 128),
+]
+
+
+@pytest.mark.parametrize("B,H,N,d", SHAPES_FP32)
+def test_fp32_with_model_score(device, B, H, N, d):
+    rows, cols = _model_score_ranges(N)
+    _check(B, H, N, d, torch.float32, device, rows, cols)
+
+
+@pytest.mark.parametrize("B,H,N,d", [(1, 1, 1, 32), (2, 2, 33, 16), (1, 3, 125, 64), (1, 1, 224, 32), (1, 1, 450, 64)])
+def test_fp32_without_score(device, B, H, N, d):
+    _check(B, H, N, d, torch.float32, device, with_score=False)
+
+
+@pytest.mark.parametrize("d", [8, 24, 80])
+def test_fp32_head_dims_not_power_of_two(device, d):
+    _check(2, 2, 70, d, torch.float32, device, rows=(1, 18), cols=(18, 70))
+
+
+def test_fp32_custom_scale(device):
+    _check(1, 2, 66, 32, torch.float32, device, rows=(1, 17), cols=(18, 66), scale=0.31)
+
+
+def test_fp32_cross_attention(device):
+    """Nq != Nk (the kernels take both lengths; the score columns index the keys)."""
+    _check(1, 2, 20, 32, torch.float32, device, rows=(3, 11), cols=(5, 97), Nk=97)
+
+
+# ------------------------------------------------------------------------------------------------
+# The score: edge ranges, accumulation across layers, no gradient
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "N,rows,cols",
+    [
+        (66, (1, 17), (18, 66)),    # released code: keypoints 1..16 of the 17
+        (66, (1, 18), (18, 66)),    # paper: all 17 keypoints
+        (125, (0, 17), (17, 125)),  # fine stage layout (no quality token)
+        (66, (0, 66), (0, 66)),     # full ranges
+        (66, (5, 5), (18, 66)),     # empty rows: nothing added
+        (66, (1, 17), (66, 66)),    # empty columns
+        (130, (60, 70), (0, 130)),  # rows straddle two query blocks (both add)
+        (130, (129, 130), (0, 1)),  # last row, first column
+        (200, (1, 200), (63, 129)), # columns straddle key-block boundaries
+        (1, (0, 1), (0, 1)),
+    ],
+)
+def test_score_ranges(device, N, rows, cols):
+    _check(2, 3, N, 32, torch.float32, device, rows, cols, backward=False)
+
+
+def test_score_default_ranges_are_everything(device):
+    """score_rows / score_cols default to all rows / all columns: every row of probabilities sums
+    to 1, so each sample's score grows by weight * N exactly."""
+    B, H, N, d = 2, 3, 40, 16
+    _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
+    score = torch.zeros(B, N, device=device)
+    attention(q, k, v, score=score, score_weight=0.5)
+    expected = torch.zeros(B, N, device=device)
+    reference.attention(q, k, v, score=expected, score_weight=0.5)
+    _assert_close(score, expected, torch.float32, "score")
+    torch.testing.assert_close(score.sum(dim=1), torch.full((B,), 0.5 * N, device=device), rtol=1e-5, atol=1e-4)
+
+
+def test_score_accumulates_an_ema_over_layers(device):
+    """Each layer adds its own weighted term (Eq. 6 unrolled): the buffer holds the weighted sum."""
+    B, H, N, d = 2, 12, 66, 32
+    beta, layers = 0.99, 3
+    ours = torch.zeros(B, N - 18, device=device)
+    ref = torch.zeros(B, N - 18, device=device)
+    for layer in range(layers):
+        w = (1 - beta) * beta ** (layers - 1 - layer)
+        _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
+        attention(q, k, v, score=ours, score_rows=(1, 17), score_cols=(18, N), score_weight=w)
+        reference.attention(q, k, v, score=ref, score_rows=(1, 17), score_cols=(18, N), score_weight=w)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_score_needs_no_gradient_and_leaves_grads_alone(device):
+    B, H, N, d = 1, 2, 66, 32
+    x, (q, k, v) = _qkv(B, H, N, d, torch.float32, device)
+    score = torch.zeros(B, N - 18, device=device)
+    out_s = attention(q, k, v, score=score, score_rows=(1, 17), score_cols=(18, N))
+    assert not score.requires_grad and score.grad_fn is None
+    out_s.sum().backward()
+    grad_with = x.grad.clone()
+    x.grad = None
+    attention(q, k, v).sum().backward()
+    torch.testing.assert_close(x.grad, grad_with, rtol=0, atol=0)
+
+
+def test_strided_score_buffer(device):
+    """A non-contiguous score view (e.g. one column block of a wider buffer) gets the same sums."""
+    B, H, N, d = 2, 2, 66, 16
+    _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
+    wide = torch.randn(N - 18, B, device=device)
+    start = wide.clone()
+    attention(q, k, v, score=wide.t(), score_rows=(1, 17), score_cols=(18, N))
+    ref = start.t().clone()
+    reference.attention(q, k, v, score=ref, score_rows=(1, 17), score_cols=(18, N))
+    torch.testing.assert_close(wide.t(), ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Half precision
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "B,H,N,d", [(1, 2, 17, 16), (2, 3, 66, 32), (1, 12, 126, 32), (1, 2, 125, 64), (1, 1, 126, 128), (1, 1, 450, 64)]
+)
+def test_fp16(device, B, H, N, d):
+    rows, cols = _model_score_ranges(N)
+    _check(B, H, N, d, torch.float16, device, rows, cols)
+
+
+@pytest.mark.parametrize("B,H,N,d", [(2, 2, 125, 64), (1, 3, 224, 32)])
+def test_fp16_without_score(device, B, H, N, d):
+    _check(B, H, N, d, torch.float16, device, with_score=False)
+
+
+@pytest.mark.skipif(not CUDA, reason="bf16 needs CUDA: the Triton interpreter has no bfloat16")
+@pytest.mark.parametrize(
+    "B,H,N,d", [(2, 12, 66, 32), (2, 12, 126, 64), (4, 12, 224, 64), (2, 12, 450, 32), (1, 2, 1, 128)]
+)
+def test_bf16(device, B, H, N, d):
+    rows, cols = _model_score_ranges(N)
+    _check(B, H, N, d, torch.bfloat16, device, rows, cols)
+
+
+@pytest.mark.skipif(not CUDA, reason="the model's batch sizes are only fast enough compiled")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_model_batch_sizes_on_gpu(device, dtype):
+    _check(64, 12, 66, 32, dtype, device, (1, 17), (18, 66))
+    _check(64, 12, 224, 64, dtype, device, with_score=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Random shapes
+# ------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def _cases(draw, max_n=200, cross=False):
+    N = draw(st.integers(1, max_n))
+    Nk = draw(st.one_of(st.none(), st.integers(1, max_n))) if cross else None
+    n_keys = N if Nk is None else Nk
+    r0 = draw(st.integers(0, N))
+    r1 = draw(st.integers(r0, N))
+    c0 = draw(st.integers(0, n_keys))
+    c1 = draw(st.integers(c0, n_keys))
+    return dict(
+        B=draw(st.integers(1, 3)),
+        H=draw(st.integers(1, 3)),
+        N=N,
+        Nk=Nk,
+        d=draw(st.sampled_from([16, 32, 64, 128])),
+        with_score=draw(st.booleans()),
+        rows=(r0, r1),
+        cols=(c0, c1),
+        weight=draw(st.floats(0.01, 2.0)),
+    )
+
+
+_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(max_examples=25, **_SETTINGS)
+@given(case=_cases(cross=True))
+def test_random_shapes_fp32(device, case):
+    _check(dtype=torch.float32, device=device, **case)
+
+
+@settings(max_examples=10, **_SETTINGS)
+@given(case=_cases(max_n=150))
+def test_random_shapes_fp16(device, case):
+    _check(dtype=torch.float16, device=device, **case)
+
+
+# ------------------------------------------------------------------------------------------------
+# The launchers: every output element written (NaN-poisoned buffers), the CUDA tile configs
+# ------------------------------------------------------------------------------------------------
+
+
+def _nan_like(t):
+    return torch.full_like(t, float("nan"))
+
+
+def _launcher_roundtrip(B, H, N, d, dtype, device, config, Nk=None):
+    Nk = N if Nk is None else Nk
+    q = torch.randn(B, H, N, d, device=device).to(dtype)
+    # k, v as non-contiguous views with a padded head dim and batch-major strides
+    k = torch.randn(B, Nk, H, d + 3, device=device).to(dtype)[..., :d].transpose(1, 2)
+    v = torch.randn(H, B, Nk, d, device=device).to(dtype).transpose(0, 1)
+    scale = d ** -0.5
+    out = torch.full((B, H, N, d), float("nan"), device=device, dtype=dtype)
+    lse = torch.full((B, H, N), float("nan"), device=device)
+    rows, cols = (min(1, N), min(17, N)), (0, Nk)
+    score = torch.zeros(B, Nk, device=device)
+    out, lse = attention_forward(q, k, v, scale, score, rows, cols, 0.5, out=out, lse=lse, config=config)
+
+    q_r, k_r, v_r = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref_score = torch.zeros(B, Nk, device=device)
+    out_ref = reference.attention(q_r, k_r, v_r, scale=scale, score=ref_score, score_rows=rows, score_cols=cols,
+                                  score_weight=0.5)
+    lse_ref = torch.logsumexp((q_r @ k_r.transpose(-2, -1)) * scale, dim=-1) * LOG2E
+    _assert_close(out, out_ref, dtype, "out")
+    _assert_close(lse, lse_ref, dtype, "lse (log2 domain)")
+    _assert_close(score, ref_score, dtype, "score")
+
+    dout = torch.randn(B, H, N, d, device=device).to(dtype)
+    grads = [_nan_like(q), _nan_like(k), _nan_like(v)]
+    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, scale, dq=grads[0], dk=grads[1], dv=grads[2],
+                                    config=config)
+    out_ref.backward(dout.float())
+    for name, ours, ref in (("dq", dq, q_r.grad), ("dk", dk, k_r.grad), ("dv", dv, v_r.grad)):
+        _assert_close(ours, ref, dtype, name, scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_launchers_with_cuda_configs(device, d, dtype):
+    """The tile sizes the GPU uses (fwd/dkdv/dq each), on a ragged N that spans several tiles."""
+    _launcher_roundtrip(1, 2, 70, d, dtype, device, attention_config(d, dtype))
+
+
+@pytest.mark.parametrize(
+    "fwd,dkdv,dq",
+    [
+        ((16, 64), (64, 16), (16, 32)),
+        ((64, 16), (16, 64), (32, 16)),
+        ((128, 32), (32, 128), (128, 16)),
+    ],
+)
+def test_launchers_with_uneven_tiles(device, fwd, dkdv, dq):
+    cfg = AttentionConfig(KernelLaunch(*fwd), KernelLaunch(*dkdv), KernelLaunch(*dq), block_d=32)
+    _launcher_roundtrip(2, 1, 97, 32, torch.float32, device, cfg)
+    _launcher_roundtrip(1, 1, 5, 32, torch.float32, device, cfg, Nk=150)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout, autograd details, validation
+# ------------------------------------------------------------------------------------------------
+
+
+def test_output_is_token_major(device):
+    """out.transpose(1, 2).reshape(B, N, H * d) is a view: no copy for the projection that follows."""
+    B, H, N, d = 2, 3, 20, 16
+    _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
+    out = attention(q, k, v)
+    assert out.shape == (B, H, N, d)
+    merged = out.transpose(1, 2).reshape(B, N, H * d)
+    assert merged.data_ptr() == out.data_ptr() and out.transpose(1, 2).is_contiguous()
+
+
+def test_broadcast_grad_and_no_grad(device):
+    """A stride-0 upstream gradient (out.sum()) and inference under no_grad."""
+    B, H, N, d = 1, 2, 33, 32
+    x, (q, k, v) = _qkv(B, H, N, d, torch.float32, device)
+    attention(q, k, v).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    reference.attention(*_views(x_ref, B, H, N, d)).sum().backward()
+    _assert_close(x.grad, x_ref.grad, torch.float32, "d(qkv)", scale=4.0)
+    with torch.no_grad():
+        out = attention(q, k, v)
+    assert out.grad_fn is None
+    _assert_close(out, reference.attention(q, k, v).detach(), torch.float32, "out")
+
+
+def test_backend_switch_gives_this_kernel(device):
+    import kernels
+
+    ops = kernels.ops_for("triton", device)
+    assert ops.attention is attention
+    assert kernels.attention is attention
+
+
+def test_gradcheck_small(device):
+    """Finite differences in float64 through the reference agree with our fp32 analytic gradient."""
+    B, H, N, d = 1, 1, 5, 16
+    q, k, v = (torch.randn(B, H, N, d, device=device, requires_grad=True) for _ in range(3))
+    out = attention(q, k, v)
+    g = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch.autograd.grad(reference.attention(q64, k64, v64), (q64, k64, v64), g.double())
+    for ours, theirs in zip((dq, dk, dv), ref):
+        torch.testing.assert_close(ours.double(), theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(score_shape=(2, 5)), "score must be a float32 tensor"),
+        (dict(score_dtype=torch.float16), "score must be a float32 tensor"),
+        (dict(score_rows=(3, 40)), "score_rows"),
+        (dict(score_cols=(-1, 10)), "score_cols"),
+        (dict(score_rows=(5, 2)), "score_rows"),
+    ],
+)
+def test_score_argument_errors(device, kwargs, match):
+    B, H, N, d = 2, 2, 20, 16
+    _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
+    cols = kwargs.get("score_cols", (0, N))
+    shape = kwargs.get("score_shape", (B, max(cols[1] - cols[0], 0)))
+    score = torch.zeros(shape, device=device, dtype=kwargs.get("score_dtype", torch.float32))
+    with pytest.raises(ValueError, match=match):
+        attention(q, k, v, score=score, score_rows=kwargs.get("score_rows"), score_cols=kwargs.get("score_cols"))
+
+
+def test_qkv_argument_errors(device):
+    q = torch.randn(1, 2, 8, 16, device=device)
+    with pytest.raises(ValueError, match="must be \\(B, H, N, d\\)"):
+        attention(q[0], q[0], q[0])
+    with pytest.raises(ValueError, match="one dtype"):
+        attention(q, q.half(), q)
+    with pytest.raises(ValueError, match="head dim"):
+        attention(q, q[..., :8], q)
+    with pytest.raises(ValueError, match="same sequence length"):
+        attention(q, q, q[:, :, :4])
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        attention(q.double(), q.double(), q.double())
+    with pytest.raises(ValueError, match="head dim must be in"):
+        big = torch.randn(1, 1, 2, 300, device=device)
+        attention(big, big, big)
+
+
+def test_empty_batch(device):
+    q = torch.randn(0, 2, 8, 16, device=device, requires_grad=True)
+    out = attention(q, q, q, score=torch.zeros(0, 8, device=device))
+    assert out.shape == (0, 2, 8, 16)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
