@@ -265,7 +265,8 @@ def compose_tokens(
     K, D, R, N_c, S_p, max_seqlen = _check_compose_args(
         keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen
     )
-    if cu_seqlens.device.type == "cpu":  # reading the values is free on the CPU, a sync elsewhere
+    # reading the values is free on the CPU, a sync elsewhere, and impossible while torch.export traces
+    if cu_seqlens.device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
         _check_compose_values(order, cu_seqlens, K, N_c, S_p, max_seqlen)
     counts = torch.div(cu_seqlens[1:].long() - cu_seqlens[:-1].long() - (K + N_c), 3, rounding_mode="floor")
     device, wc = keypoint_tokens.device, coarse_grid[1]

@@ -26,5 +26,10 @@ def check_images(
         )
     if not images.is_floating_point():
         raise ValueError(f"{model} expects floating-point images (normalised), got dtype {images.dtype}")
-    if check_finite and images.numel() and not torch.isfinite(images).all():
+    if check_finite and images.numel() and not is_tracing() and not torch.isfinite(images).all():
         raise ValueError(f"{model} got images containing NaN or inf values")
+
+
+def is_tracing() -> bool:
+    """Inside torch.jit.trace, torch.export / torch.compile or ONNX export, where no host sync may happen."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from kernels import BACKENDS, ops_for
 from sharpose.models.heads import QualityHead, TokenHeatmapDecoder
-from sharpose.models.inputs import check_images
+from sharpose.models.inputs import check_images, is_tracing
 from sharpose.models.layers import Attention, Block, Mlp, PatchEmbed, drop_path_rates
 from sharpose.models.selection import FinePlan, TokenBudget, fine_children, pack_selected, plan_fine_stage
 
@@ -260,8 +260,3 @@ class SHaRPose(nn.Module):
         pixels = images.unflatten(2, (hf, P)).unflatten(4, (wf, P))[batch_row[:, None], :, fy, :, fx, :]
         proj = self.patch_embed.proj
         return F.linear(pixels.flatten(2).flatten(0, 1), proj.weight.flatten(1), proj.bias)
-
-
-def is_tracing() -> bool:
-    """Inside torch.jit.trace, torch.export / torch.compile or ONNX export, where no host sync may happen."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
