@@ -236,12 +236,14 @@ class SHaRPose(nn.Module):
         sample, patch = pack_selected(plan.order, plan.counts, plan.total_selected)
         batch_row = sample if plan.rows is None else plan.rows[sample]
         parents = coarse_tokens.reshape(B * N, D).index_select(0, batch_row * N + 1 + K + patch)
+        reuse = self.reuse(parents)
+        dtype = reuse.dtype  # the compute dtype under autocast; parameters may be float32
         tokens = ops.compose_tokens(
-            self.keypoint_tokens[0],
-            self.embed_fine_children(images, batch_row, patch),
-            self.fine_pos_embed[0],
-            self.reuse(parents),
-            coarse_embed if plan.rows is None else coarse_embed.index_select(0, plan.rows),
+            self.keypoint_tokens[0].to(dtype),
+            self.embed_fine_children(images, batch_row, patch).to(dtype),
+            self.fine_pos_embed[0].to(dtype),
+            reuse,
+            (coarse_embed if plan.rows is None else coarse_embed.index_select(0, plan.rows)).to(dtype),
             plan.order,
             plan.packed.cu_seqlens,
             self.coarse_grid,
