@@ -1,10 +1,12 @@
-"""Registers, spills and shared memory of the fused-attention kernels, compiled ahead of time.
+"""Registers, spills and shared memory of the attention kernels, compiled ahead of time.
 
-No GPU needed: the kernels are compiled for sm_80 and sm_90 with the launchers' configurations
-(see kernels.aot) and measured with ptxas / cuobjdump from the triton wheel.
+No GPU needed: the fused (batched) attention kernels and the variable-length (cu_seqlens) ones
+are compiled for sm_80 and sm_90 with the launchers' configurations (see kernels.aot) and
+measured with ptxas / cuobjdump from the triton wheel.
 
     python bench/kernel_resources.py                       # the model's configurations
     python bench/kernel_resources.py --head-dims 16 32 64 128 --dtypes float16 bfloat16 float32
+    python bench/kernel_resources.py --kernels varlen      # only the variable-length kernels
 """
 from __future__ import annotations
 
@@ -23,13 +25,23 @@ def main() -> None:
     parser.add_argument("--caps", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
+    parser.add_argument("--kernels", nargs="+", choices=["attention", "varlen"], default=["attention", "varlen"],
+                        help="which kernel families to compile (default: both)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile workers (default: CPU count)")
     args = parser.parse_args()
     ok, why = tools_available()
     if not ok:
         sys.exit(f"cannot measure: {why}")
     start = time.perf_counter()
-    rows = measure_specs(attention_kernel_specs(tuple(args.caps), tuple(args.head_dims), tuple(args.dtypes)), args.jobs)
+    shape = (tuple(args.caps), tuple(args.head_dims), tuple(args.dtypes))
+    specs = []
+    if "attention" in args.kernels:
+        specs += attention_kernel_specs(*shape)
+    if "varlen" in args.kernels:
+        from kernels.varlen_fused_attention import varlen_attention_kernel_specs
+
+        specs += varlen_attention_kernel_specs(*shape)
+    rows = measure_specs(specs, args.jobs)
     print(format_table(rows))
     print(f"\n{len(rows)} kernels compiled in {time.perf_counter() - start:.1f} s "
           "(regs: registers per thread; smem B: shared memory per block in bytes; "

@@ -12,12 +12,13 @@ from kernels import reference
 from kernels.backend import BACKENDS, interpreter_enabled, ops_for, resolve_backend
 
 __all__ = ["BACKENDS", "interpreter_enabled", "ops_for", "reference", "resolve_backend", "attention", "compose_tokens",
-           "compose_tokens_padded"]
+           "compose_tokens_padded", "varlen_attention"]
 
 _TRITON_OPS = {
     "attention": "kernels.fused_attention",
     "compose_tokens": "kernels.token_composition",
     "compose_tokens_padded": "kernels.token_composition",
+    "varlen_attention": "kernels.varlen_fused_attention",
 }
 
 
@@ -25,3 +26,4 @@ def __getattr__(name: str) -> Any:
     if name in _TRITON_OPS:
         return getattr(importlib.import_module(_TRITON_OPS[name]), name)
     raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+

@@ -34,16 +34,14 @@ Layouts
     token-major, as a (B, N, H, d) contiguous buffer returned through a (B, H, N, d) view
     (`.transpose(1, 2)`), so that the caller's `out.transpose(1, 2).reshape(B, N, H * d)` is free.
 
-Variable-length sequences (later)
+Variable-length sequences
     The per-tile work lives in `@triton.jit` helpers that take base pointers already offset to
     one (sequence, head), the sequence lengths and the element strides (`attn_fwd_tile`,
     `attn_bwd_delta_tile`, `attn_bwd_dkdv_tile`, `attn_bwd_dq_tile`). The batched kernels
     here only turn (program id, batch, head) into those base pointers (`start = 0`,
-    `length = N`); a packed (T, H, d) varlen kernel with `cu_seqlens` computes
-    `start = cu_seqlens[b]`, `length = cu_seqlens[b + 1] - start` instead, returns early for
-    blocks past `length`, and reuses the helpers unchanged (the score's `score_base` then points
-    at that sequence's row of a packed score buffer). `AttentionConfig` / `attention_config`
-    (tiles and warps per head dim and dtype) are shared in the same way.
+    `length = N`); the packed (T, H, d) kernels of kernels/varlen_fused_attention.py compute
+    `start = cu_seqlens[b]`, `length = cu_seqlens[b + 1] - start` instead, return early for
+    blocks past `length`, and reuse the helpers and `attention_config` unchanged.
 """
 from __future__ import annotations
 
@@ -65,7 +63,7 @@ __all__ = [
     "attention_forward",
     "attention_backward",
     "LOG2E",
-    # shared with a future packed (cu_seqlens) varlen kernel: the per-(sequence, head) tile bodies
+    # shared with the packed (cu_seqlens) varlen kernels: the per-(sequence, head) tile bodies
     "attn_fwd_tile",
     "attn_bwd_delta_tile",
     "attn_bwd_dkdv_tile",

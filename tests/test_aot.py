@@ -78,6 +78,52 @@ def test_launcher_configs_are_the_ones_compiled():
         assert spec.constexprs["BLOCK_D"] == cfg.block_d
 
 
+# ------------------------------------------------------------------------------------------------
+# The variable-length (cu_seqlens) attention kernels of kernels/varlen_fused_attention.py
+# ------------------------------------------------------------------------------------------------
+
+VARLEN_VARIANTS = ("varlen fwd", "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq")
+
+
+@pytest.fixture(scope="module")
+def varlen_resources():
+    from kernels.varlen_fused_attention import varlen_attention_kernel_specs
+
+    rows = measure_specs(varlen_attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES))
+    return {(r["capability"], r["head_dim"], r["dtype"], r["variant"]): r for r in rows}
+
+
+@pytest.mark.parametrize("variant", VARLEN_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("cap", CAPS)
+def test_varlen_compiles_without_spills(varlen_resources, cap, head_dim, dtype, variant):
+    r = varlen_resources[(cap, head_dim, dtype, variant)]
+    assert 0 < r["registers"] <= 255, r
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"register spills: {r}"
+    assert r["stack"] == 0 and r["local"] == 0, f"local memory in use: {r}"
+    assert 0 < r["shared_mem"] <= SHARED_LIMIT[cap], r
+    if variant != "varlen bwd delta":
+        assert r["tensor_cores"] == ("wgmma" if cap >= 90 else "mma"), f"dots not on tensor cores: {r}"
+
+
+def test_varlen_launcher_configs_are_the_ones_compiled():
+    import torch
+
+    from kernels.fused_attention import attention_config
+    from kernels.varlen_fused_attention import varlen_attention_kernel_specs
+
+    for d in HEAD_DIMS:
+        cfg = attention_config(d, torch.float16)
+        for spec in varlen_attention_kernel_specs((90,), (d,), ("float16",)):
+            launch = {"varlen fwd": cfg.fwd, "varlen bwd delta": cfg.delta, "varlen bwd dk/dv": cfg.dkdv,
+                      "varlen bwd dq": cfg.dq}[spec.label["variant"]]
+            assert spec.constexprs["BLOCK_M"] == launch.block_m
+            assert spec.constexprs.get("BLOCK_N", 0) == launch.block_n
+            assert (spec.num_warps, spec.num_stages) == (launch.num_warps, launch.num_stages)
+            assert spec.constexprs["BLOCK_D"] == cfg.block_d
+
+
 def test_measurement_detects_spills(resources):
     r = resources["oversized"]
     assert r["spill_stores"] > 0 and r["spill_loads"] > 0 and r["stack"] > 0, r

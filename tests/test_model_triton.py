@@ -1,0 +1,74 @@
+"""The model on the Triton backend: released-code parity, no N x N attention maps, gradients.
+
+On a machine without CUDA the kernels run under the Triton interpreter (tests/conftest.py).
+"""
+import math
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sharpose import create_model
+
+from test_models import assert_rel_close, official_tiny_model
+
+
+def test_official_tiny_parity_triton_backend():
+    model, expected = official_tiny_model(backend="triton")
+    with torch.no_grad():
+        out = model(expected["input"])
+    assert torch.equal(out.refined, expected["refined_mask"])
+    for row in out.refined.nonzero().flatten().tolist():
+        assert set(out.selected[row].tolist()) == set(expected["selected_coarse_index"][row].tolist())
+    assert_rel_close(out.patch_scores, expected["keypoint_attention_score"])
+    assert_rel_close(out.quality, expected["quality"])
+    assert_rel_close(out.coarse_heatmaps, expected["coarse_heatmaps"])
+    assert_rel_close(out.heatmaps, expected["final_heatmaps"])
+
+
+class ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor an op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append((str(func), tuple(t.shape)))
+        return out
+
+
+def test_triton_path_never_allocates_attention_maps():
+    model = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=4, backend="triton").eval()
+    model.qp_threshold = math.inf
+    coarse_len = 1 + 17 + model.num_coarse
+    fine_len = 17 + model.num_coarse + 3 * model.num_selected
+    with torch.no_grad(), ShapeRecorder() as recorder:
+        model(torch.randn(2, 3, 256, 192))
+    square = [(op, s) for op, s in recorder.shapes if len(s) >= 2 and s[-1] == s[-2] and s[-1] in (coarse_len, fine_len)]
+    assert recorder.shapes and not square, f"attention-map-sized tensors: {square[:5]}"
+    # the same recorder does see them on the reference path, so the check can fail
+    model.backend = "reference"
+    with torch.no_grad(), ShapeRecorder() as recorder:
+        model(torch.randn(2, 3, 256, 192))
+    assert any(len(s) == 4 and s[-2:] == (coarse_len, coarse_len) for _, s in recorder.shapes)
+
+
+def test_triton_gradients_match_reference():
+    torch.manual_seed(3)
+    reference = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0,
+                             backend="reference")
+    triton = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0,
+                          backend="triton")
+    triton.load_state_dict(reference.state_dict())
+    images = torch.randn(2, 3, 256, 192)
+    grads = {}
+    for name, model in (("reference", reference), ("triton", triton)):
+        out = model.train()(images)
+        loss = out.heatmaps.square().mean() + out.coarse_heatmaps.square().mean() + out.quality.square().mean()
+        loss.backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads["reference"].items():
+        assert_rel_close(grads["triton"][name], grad, rel=1e-4)
