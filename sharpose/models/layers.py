@@ -125,3 +125,17 @@ class Block(nn.Module):
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     """Stochastic depth rising linearly from 0 to `drop_path_rate` over the blocks."""
     return torch.linspace(0, drop_path_rate, depth).tolist()
+
+
+def init_vit_weights(model: nn.Module, embeddings: tuple[nn.Parameter, ...]) -> None:
+    """ViT initialisation: truncated normal (std 0.02) for linear weights and the learnt embeddings,
+    zero biases, unit LayerNorms."""
+    for p in embeddings:
+        nn.init.trunc_normal_(p, std=0.02)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

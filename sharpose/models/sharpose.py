@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kernels import BACKENDS, ops_for
 from sharpose.models.heads import QualityHead, TokenHeatmapDecoder
 from sharpose.models.inputs import check_images, is_tracing
-from sharpose.models.layers import Attention, Block, Mlp, PatchEmbed, drop_path_rates
+from sharpose.models.layers import Attention, Block, Mlp, PatchEmbed, drop_path_rates, init_vit_weights
 from sharpose.models.selection import FinePlan, TokenBudget, fine_children, pack_selected, plan_fine_stage
 
 SCORE_KEYPOINTS = ("released", "all")
@@ -131,7 +131,7 @@ class SHaRPose(nn.Module):
         self.quality_head = QualityHead(embed_dim)
         self.decoder = TokenHeatmapDecoder(embed_dim, self.heatmap_size)
         self.backend = backend
-        self.init_weights()
+        init_vit_weights(self, (self.coarse_pos_embed, self.fine_pos_embed, self.quality_token, self.keypoint_tokens))
 
     @property
     def backend(self) -> str:
@@ -145,17 +145,6 @@ class SHaRPose(nn.Module):
         for module in self.modules():
             if isinstance(module, Attention):
                 module.backend = backend
-
-    def init_weights(self) -> None:
-        for p in (self.coarse_pos_embed, self.fine_pos_embed, self.quality_token, self.keypoint_tokens):
-            nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     @property
     def score_rows(self) -> tuple[int, int]:

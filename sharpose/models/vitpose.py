@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from sharpose.models.heads import ClassicDecoder, SimpleDecoder
 from sharpose.models.inputs import check_images
-from sharpose.models.layers import Block, PatchEmbed, drop_path_rates
+from sharpose.models.layers import Block, PatchEmbed, drop_path_rates, init_vit_weights
 
 DECODERS = {"classic": ClassicDecoder, "simple": SimpleDecoder}
 
@@ -53,17 +53,7 @@ class ViTPose(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder = DECODERS[decoder](embed_dim, num_keypoints)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vit_weights(self, (self.pos_embed,))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> heatmaps (B, K, H/4, W/4)."""
