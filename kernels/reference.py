@@ -70,11 +70,18 @@ def varlen_attention(
     """Softmax attention within each of the packed sequences of (T, H, d) tensors.
 
     Sequence i holds rows cu_seqlens[i] .. cu_seqlens[i + 1] - 1; `max_seqlen` bounds every length.
-    The sequences are scattered into a (R, H, max_seqlen, d) padded batch and attended with a key
-    mask, so nothing here needs the lengths on the host.
+    Equal lengths (T == R * max_seqlen) are a plain batch; otherwise the sequences are scattered
+    into a (R, H, max_seqlen, d) padded batch and attended with a key mask. Nothing here needs the
+    lengths on the host.
     """
     T, H, d = q.shape
     R = cu_seqlens.shape[0] - 1
+    if T == R * max_seqlen:  # no length exceeds max_seqlen, so all equal it: a plain batch, no padding
+        def batch(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(R, max_seqlen, H, x.shape[-1]).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(batch(q), batch(k), batch(v), scale=scale)
+        return out.transpose(1, 2).reshape(T, H, v.shape[-1])
     starts = cu_seqlens[:-1].long()
     lengths = cu_seqlens[1:].long() - starts
     sequence = torch.repeat_interleave(torch.arange(R, device=q.device), lengths, output_size=T)
