@@ -50,12 +50,13 @@ def attention(
     if score is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     (r0, r1), (c0, c1) = _check_score_args(q, k, score, score_rows, score_cols)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    probs = ((q @ k.transpose(-2, -1)) * scale).float().softmax(dim=-1)
     with torch.no_grad():
+        # only the keypoint rows' probabilities are needed: softmax over all keys, then the score columns
+        scale_ = q.shape[-1] ** -0.5 if scale is None else scale
+        probs = ((q[:, :, r0:r1] @ k.transpose(-2, -1)) * scale_).float().softmax(dim=-1)
         # Eq. 7, one layer's term: mean over heads, sum over the keypoint rows
-        score += score_weight * probs[:, :, r0:r1, c0:c1].sum(dim=2).mean(dim=1)
-    return probs.to(v.dtype) @ v
+        score += score_weight * probs[..., c0:c1].sum(dim=2).mean(dim=1)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def varlen_attention(
