@@ -111,8 +111,6 @@ def bench_cuda(batches, head_dims, dtype, backward):
                     r["ours+score"] = _timer_cuda(lambda: attention(q, k, v, **kw), backward, x)
                     r["explicit+score"] = _timer_cuda(lambda: reference.attention(q, k, v, **kw), backward, x)
                 rows.append(r)
-                del x, q, k, v, score
-                torch.cuda.empty_cache()
     return rows
 
 
@@ -187,8 +185,6 @@ def bench_cuda_varlen(batches, head_dims, dtype, backward):
                     r["sdpa masked"] = _timer_cuda(
                         lambda: F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask), backward, xp)
                 rows.append(r)
-                del x, q, k, v, xp, qp, kp, vp
-                torch.cuda.empty_cache()
     return rows
 
 

@@ -177,16 +177,8 @@ def _gt_records(
             scales.append(scale)
             joints.append(kpts[:, :2])
             visible.append(vis)
-    n = len(files)
-    return TopDownRecords(
-        image_files=np.array(files, dtype=str),
-        image_ids=np.array(image_ids, dtype=np.int64),
-        centers=np.array(centers, dtype=np.float32).reshape(n, 2),
-        scales=np.array(scales, dtype=np.float32).reshape(n, 2),
-        bbox_scores=np.ones(n),
-        joints=np.array(joints, dtype=np.float32).reshape(n, num_kpts, 2),
-        visible=np.array(visible, dtype=np.float32).reshape(n, num_kpts),
-    )
+    return TopDownRecords.from_lists(files, image_ids, centers, scales, joints=joints, visible=visible,
+                                     num_keypoints=num_kpts)
 
 
 def _det_records(
@@ -224,11 +216,4 @@ def _det_records(
         centers.append(center)
         scales.append(scale)
         scores.append(score)
-    n = len(files)
-    return TopDownRecords(
-        image_files=np.array(files, dtype=str),
-        image_ids=np.array(image_ids, dtype=np.int64),
-        centers=np.array(centers, dtype=np.float32).reshape(n, 2),
-        scales=np.array(scales, dtype=np.float32).reshape(n, 2),
-        bbox_scores=np.array(scores, dtype=np.float64),
-    )
+    return TopDownRecords.from_lists(files, image_ids, centers, scales, bbox_scores=scores)

@@ -76,13 +76,5 @@ def _records(entries: list[Any], ann_file: Path, image_dir: Path) -> TopDownReco
         scales.append(scale)
         joints.append(_array(entry, "joints", (k, 2), where) - 1.0)
         visible.append(_array(entry, "joints_vis", (k,), where))
-    n = len(files)
-    return TopDownRecords(
-        image_files=np.array(files, dtype=str),
-        image_ids=np.arange(n, dtype=np.int64),
-        centers=np.array(centers, dtype=np.float32).reshape(n, 2),
-        scales=np.array(scales, dtype=np.float32).reshape(n, 2),
-        bbox_scores=np.ones(n),
-        joints=np.array(joints, dtype=np.float32).reshape(n, k, 2),
-        visible=np.array(visible, dtype=np.float32).reshape(n, k),
-    )
+    return TopDownRecords.from_lists(files, np.arange(len(files)), centers, scales, joints=joints, visible=visible,
+                                     num_keypoints=k)

@@ -41,6 +41,30 @@ class TopDownRecords:
     joints: np.ndarray | None = None  # (N, K, 2) float32, image pixels
     visible: np.ndarray | None = None  # (N, K) float32, 0 or 1
 
+    @classmethod
+    def from_lists(
+        cls,
+        files: list[str],
+        image_ids: list[int] | np.ndarray,
+        centers: list[np.ndarray],
+        scales: list[np.ndarray],
+        bbox_scores: list[float] | None = None,
+        joints: list[np.ndarray] | None = None,
+        visible: list[np.ndarray] | None = None,
+        num_keypoints: int = 0,
+    ) -> "TopDownRecords":
+        """Records from per-sample lists; box scores default to 1 (ground-truth boxes)."""
+        n = len(files)
+        return cls(
+            image_files=np.array(files, dtype=str),
+            image_ids=np.asarray(image_ids, dtype=np.int64),
+            centers=np.array(centers, dtype=np.float32).reshape(n, 2),
+            scales=np.array(scales, dtype=np.float32).reshape(n, 2),
+            bbox_scores=np.ones(n) if bbox_scores is None else np.array(bbox_scores, dtype=np.float64),
+            joints=None if joints is None else np.array(joints, dtype=np.float32).reshape(n, num_keypoints, 2),
+            visible=None if visible is None else np.array(visible, dtype=np.float32).reshape(n, num_keypoints),
+        )
+
 
 def normalize_image(crop_bgr: np.ndarray) -> torch.Tensor:
     """uint8 BGR crop (H, W, 3) -> float32 RGB tensor (3, H, W) with ImageNet mean/std."""
