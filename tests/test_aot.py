@@ -46,6 +46,16 @@ def resources():
     }
 
 
+def assert_compiles_cleanly(r: dict, cap: int, uses_dots: bool) -> None:
+    """No spills or local memory, shared memory within the card's limit, dots on tensor cores."""
+    assert 0 < r["registers"] <= 255, r
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"register spills: {r}"
+    assert r["stack"] == 0 and r["local"] == 0, f"local memory in use: {r}"
+    assert 0 < r["shared_mem"] <= SHARED_LIMIT[cap], r
+    if uses_dots:  # the delta preprocess has no matrix product
+        assert r["tensor_cores"] == ("wgmma" if cap >= 90 else "mma"), f"dots not on tensor cores: {r}"
+
+
 VARIANTS = ("fwd", "fwd+score", "bwd delta", "bwd dk/dv", "bwd dq")
 
 
@@ -54,13 +64,7 @@ VARIANTS = ("fwd", "fwd+score", "bwd delta", "bwd dk/dv", "bwd dq")
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("cap", CAPS)
 def test_compiles_without_spills(resources, cap, head_dim, dtype, variant):
-    r = resources[(cap, head_dim, dtype, variant)]
-    assert 0 < r["registers"] <= 255, r
-    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"register spills: {r}"
-    assert r["stack"] == 0 and r["local"] == 0, f"local memory in use: {r}"
-    assert 0 < r["shared_mem"] <= SHARED_LIMIT[cap], r
-    if variant != "bwd delta":  # the preprocess has no matrix product
-        assert r["tensor_cores"] == ("wgmma" if cap >= 90 else "mma"), f"dots not on tensor cores: {r}"
+    assert_compiles_cleanly(resources[(cap, head_dim, dtype, variant)], cap, uses_dots=variant != "bwd delta")
 
 
 def test_launcher_configs_are_the_ones_compiled():
@@ -98,13 +102,8 @@ def varlen_resources():
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("cap", CAPS)
 def test_varlen_compiles_without_spills(varlen_resources, cap, head_dim, dtype, variant):
-    r = varlen_resources[(cap, head_dim, dtype, variant)]
-    assert 0 < r["registers"] <= 255, r
-    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"register spills: {r}"
-    assert r["stack"] == 0 and r["local"] == 0, f"local memory in use: {r}"
-    assert 0 < r["shared_mem"] <= SHARED_LIMIT[cap], r
-    if variant != "varlen bwd delta":
-        assert r["tensor_cores"] == ("wgmma" if cap >= 90 else "mma"), f"dots not on tensor cores: {r}"
+    assert_compiles_cleanly(varlen_resources[(cap, head_dim, dtype, variant)], cap,
+                            uses_dots=variant != "varlen bwd delta")
 
 
 def test_varlen_launcher_configs_are_the_ones_compiled():

@@ -18,6 +18,15 @@ import numpy as np
 PIXEL_STD = 200.0
 
 
+def box_scale(w: float, h: float, aspect_ratio: float, padding: float) -> np.ndarray:
+    """mmpose's scale (in units of PIXEL_STD) of a w x h box enlarged to `aspect_ratio` (w / h), padded."""
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return np.array([w / PIXEL_STD, h / PIXEL_STD], dtype=np.float32) * padding
+
+
 def box_to_center_scale(
     box_xywh: Sequence[float], aspect_ratio: float, padding: float = 1.25
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -27,12 +36,7 @@ def box_to_center_scale(
     """
     x, y, w, h = (float(v) for v in box_xywh[:4])
     center = np.array([x + 0.5 * w, y + 0.5 * h], dtype=np.float32)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
-    scale = np.array([w / PIXEL_STD, h / PIXEL_STD], dtype=np.float32) * padding
-    return center, scale
+    return center, box_scale(w, h, aspect_ratio, padding)
 
 
 def udp_warp_matrix(
@@ -113,9 +117,4 @@ def half_body_center_scale(
     selected = selected.astype(np.float32)
     center = selected.mean(axis=0)
     w, h = selected.max(axis=0) - selected.min(axis=0)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
-    scale = np.array([w / PIXEL_STD, h / PIXEL_STD], dtype=np.float32) * padding
-    return center, scale
+    return center, box_scale(w, h, aspect_ratio, padding)
