@@ -45,13 +45,13 @@ Variable-length sequences
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.backend import check_kernel_device, device_guard
 from kernels.reference import _check_score_args
 
 __all__ = [
@@ -509,11 +509,6 @@ def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Te
     return torch.empty((B, N, H, d), dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
-def _device_guard(t: torch.Tensor):
-    """Launch on the tensor's GPU (Triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
@@ -554,7 +549,7 @@ def attention_forward(
     score_arg = score if has_score else lse  # any valid pointer; unused without HAS_SCORE
     score_strides = (score.stride(0), score.stride(1)) if has_score else (0, 0)
     grid = (triton.cdiv(Nq, cfg.fwd.block_m), H, B)
-    with _device_guard(q):
+    with device_guard(q):
         _attn_fwd[grid](
             q, k, v, out, lse, score_arg,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
@@ -597,7 +592,7 @@ def attention_backward(
         dv.zero_()
         return dq, dk, dv
     delta = torch.empty_like(lse)
-    with _device_guard(q):
+    with device_guard(q):
         _attn_bwd_preprocess[(triton.cdiv(Nq, cfg.delta.block_m), H, B)](
             out, dout, delta,
             *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
@@ -666,6 +661,7 @@ def attention(
     contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
     """
     _check_qkv(q, k, v)
+    check_kernel_device(q.device, "attention")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     rows, cols = (0, 0), (0, 0)
     if score is not None:

@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import interpreter_enabled
+from kernels.backend import check_kernel_device, device_guard, interpreter_enabled
 from kernels.reference import _check_compose_args, _check_compose_values, _padded_args
 
 __all__ = [
@@ -306,18 +306,6 @@ def composition_config(dim: int, dtype: torch.dtype, interpreter: bool | None = 
     )
 
 
-def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _channels_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The kernels index channels with unit stride; rows may have any stride."""
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
@@ -365,7 +353,7 @@ def compose_tokens_forward(
     assert out.stride(-1) == 1 or D == 1, "out must have contiguous channels"
     grid = (R, triton.cdiv(max_seqlen, cfg.block_rows), triton.cdiv(D, cfg.block_d))
     assert grid[1] <= _MAX_GRID_YZ and grid[2] <= _MAX_GRID_YZ, f"grid {grid} exceeds the CUDA limits"
-    with _device_guard(out):
+    with device_guard(out):
         _compose_fwd_kernel[grid](
             _pointer(keypoint_tokens, out), _pointer(fine_embed, out), fine_pos, _pointer(reuse, out),
             coarse_embed, order, cu_seqlens, out,
@@ -420,7 +408,7 @@ def compose_tokens_backward(
     d_blocks = triton.cdiv(D, cfg.block_d) if D else 0
     k_max = max(0, min(N_c, (max_seqlen - K - N_c) // 3))
 
-    with _device_guard(grad_out):
+    with device_guard(grad_out):
         if (need_fine_embed or need_fine_pos or need_reuse) and R and S_p and k_max and d_blocks:
             dummy = grad_out
             _compose_bwd_fine_kernel[(R, triton.cdiv(k_max, cfg.block_slots), d_blocks)](
@@ -513,12 +501,8 @@ def compose_tokens(
         keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen
     )
     device = keypoint_tokens.device
+    check_kernel_device(device, "compose_tokens")
     if device.type != "cuda":
-        if not interpreter_enabled():
-            raise RuntimeError(
-                f"compose_tokens (Triton) got tensors on {device}; it runs on CUDA devices, or on the CPU "
-                "with TRITON_INTERPRET=1 set before triton is imported (else use kernels.reference)"
-            )
         _check_compose_values(order, cu_seqlens, K, N_c, S_p, max_seqlen)  # free on the CPU
     if R > 2**31 - 1:
         raise ValueError(f"too many samples ({R}) for one launch")

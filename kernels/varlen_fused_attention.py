@@ -46,11 +46,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import interpreter_enabled
+from kernels.backend import check_kernel_device, device_guard
 from kernels.fused_attention import (
     LOG2E,
     AttentionConfig,
-    _device_guard,
     attention_config,
     attn_bwd_delta_tile,
     attn_bwd_dkdv_tile,
@@ -312,7 +311,7 @@ def varlen_attention_forward(
     grid = (triton.cdiv(max_seqlen, cfg.fwd.block_m), H, R)
     if T == 0 or 0 in grid:
         return out, lse
-    with _device_guard(q):
+    with device_guard(q):
         _varlen_attn_fwd[grid](
             q, k, v, out, lse, cu_seqlens,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
@@ -350,7 +349,7 @@ def varlen_attention_backward(
     if T == 0 or H == 0 or R == 0 or max_seqlen == 0:
         return dq, dk, dv
     delta = torch.empty_like(lse)
-    with _device_guard(q):
+    with device_guard(q):
         _varlen_attn_bwd_preprocess[(triton.cdiv(T, cfg.delta.block_m), H)](
             out, dout, delta,
             *out.stride(), *dout.stride(), delta.stride(0),
@@ -419,14 +418,9 @@ def varlen_attention(
     and devices are checked without a device sync; the values of cu_seqlens only on the CPU.
     """
     _check_varlen_args(q, k, v, cu_seqlens, max_seqlen)
-    if q.device.type != "cuda":
-        if not interpreter_enabled():
-            raise RuntimeError(
-                f"varlen_attention (Triton) got tensors on {q.device}; it runs on CUDA devices, or on the CPU "
-                "with TRITON_INTERPRET=1 set before triton is imported (else use kernels.reference)"
-            )
-        if cu_seqlens.device.type == "cpu":
-            _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
+    check_kernel_device(q.device, "varlen_attention")
+    if cu_seqlens.device.type == "cpu":  # free to check: no device sync
+        _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, scale)
 

@@ -1,7 +1,9 @@
 """The model on the Triton backend: released-code parity, no N x N attention maps, gradients.
 
-On a machine without CUDA the kernels run under the Triton interpreter (tests/conftest.py).
+On a machine without CUDA the kernels run under the Triton interpreter (tests/conftest.py); with
+one, the Triton model runs on the GPU and is compared with the CPU reference results.
 """
+import dataclasses
 import math
 
 import torch
@@ -12,10 +14,11 @@ from sharpose import create_model
 from test_models import assert_rel_close, official_tiny_model
 
 
-def test_official_tiny_parity_triton_backend():
+def test_official_tiny_parity_triton_backend(device):
     model, expected = official_tiny_model(backend="triton")
     with torch.no_grad():
-        out = model(expected["input"])
+        out = model.to(device)(expected["input"].to(device))
+    out = dataclasses.replace(out, **{f.name: getattr(out, f.name).cpu() for f in dataclasses.fields(out)})
     assert torch.equal(out.refined, expected["refined_mask"])
     for row in out.refined.nonzero().flatten().tolist():
         assert set(out.selected[row].tolist()) == set(expected["selected_coarse_index"][row].tolist())
@@ -40,13 +43,14 @@ class ShapeRecorder(TorchDispatchMode):
         return out
 
 
-def test_triton_path_never_allocates_attention_maps():
-    model = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=4, backend="triton").eval()
+def test_triton_path_never_allocates_attention_maps(device):
+    model = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=4, backend="triton")
+    model = model.eval().to(device)
     model.qp_threshold = math.inf
     coarse_len = 1 + 17 + model.num_coarse
     fine_len = 17 + model.num_coarse + 3 * model.num_selected
     with torch.no_grad(), ShapeRecorder() as recorder:
-        model(torch.randn(2, 3, 256, 192))
+        model(torch.randn(2, 3, 256, 192, device=device))
     square = [(op, s) for op, s in recorder.shapes if len(s) >= 2 and s[-1] == s[-2] and s[-1] in (coarse_len, fine_len)]
     assert recorder.shapes and not square, f"attention-map-sized tensors: {square[:5]}"
     # the recorder does see an explicit attention map, so the check can fail
@@ -56,19 +60,20 @@ def test_triton_path_never_allocates_attention_maps():
     assert any(s[-2:] == (coarse_len, coarse_len) for _, s in recorder.shapes)
 
 
-def test_triton_gradients_match_reference():
+def test_triton_gradients_match_reference(device):
     torch.manual_seed(3)
     reference = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0,
                              backend="reference")
     triton = create_model("sharpose_small_256x192", depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0,
                           backend="triton")
     triton.load_state_dict(reference.state_dict())
+    triton.to(device)
     images = torch.randn(2, 3, 256, 192)
     grads = {}
     for name, model in (("reference", reference), ("triton", triton)):
-        out = model.train()(images)
+        out = model.train()(images.to(device) if name == "triton" else images)
         loss = out.heatmaps.square().mean() + out.coarse_heatmaps.square().mean() + out.quality.square().mean()
         loss.backward()
-        grads[name] = {n: p.grad for n, p in model.named_parameters()}
+        grads[name] = {n: p.grad.cpu() for n, p in model.named_parameters()}
     for name, grad in grads["reference"].items():
         assert_rel_close(grads["triton"][name], grad, rel=1e-4)
