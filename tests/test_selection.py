@@ -105,27 +105,61 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@pytest.mark.parametrize("token_budget", ["fixed", "adaptive"])
-@pytest.mark.parametrize("exit_some", [False, True])
-def test_one_host_sync_per_forward(monkeypatch, token_budget, exit_some):
-    model = small_model(token_budget=token_budget)
-    images = torch.randn(4, 3, 256, 192)
-    with torch.no_grad():
-        quality = model(images).quality
-    model.qp_threshold = quality.median().item() if exit_some else math.inf
-    tolist_calls = []
+@pytest.fixture
+def tolist_calls(monkeypatch) -> list:
+    """The shapes of the tensors read with .tolist() (the model's one batched host read)."""
+    calls = []
     original = torch.Tensor.tolist
 
     def counted_tolist(tensor: torch.Tensor) -> list:
         if not in_cpu_only_validation():
-            tolist_calls.append(tensor.shape)
+            calls.append(tensor.shape)
         return original(tensor)
 
     monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    return calls
+
+
+def median_threshold(model, images: torch.Tensor) -> float:
+    """A threshold at which some but not all of the batch exits."""
+    model.qp_threshold = math.inf
+    with torch.no_grad():
+        return model(images).quality.median().item()
+
+
+@pytest.mark.parametrize("token_budget", ["fixed", "adaptive"])
+@pytest.mark.parametrize("exit_some", [False, True])
+def test_one_host_sync_per_forward(tolist_calls, token_budget, exit_some):
+    model = small_model(token_budget=token_budget)
+    images = torch.randn(4, 3, 256, 192)
+    model.qp_threshold = median_threshold(model, images) if exit_some else math.inf
+    tolist_calls.clear()
     with torch.no_grad(), SyncCounter() as counter:
         out = model(images)
     assert counter.syncs == [] and len(tolist_calls) == 1
     assert 0 < int(out.refined.sum()) < 4 if exit_some else out.refined.all()
+
+
+@pytest.mark.parametrize("token_budget, exit_some, training, capturable", [
+    ("fixed", False, False, True),
+    ("fixed", True, False, False),
+    ("fixed", True, True, True),  # training refines every sample whatever the threshold
+    ("adaptive", False, False, False),
+])
+def test_capturable_forward_never_syncs(monkeypatch, tolist_calls, token_budget, exit_some, training, capturable):
+    """`model.capturable` promises a forward a CUDA graph can record: with the input check off (as while
+    capturing or tracing) it reads nothing back from the device; otherwise it must read its sizes."""
+    model = small_model(token_budget=token_budget)
+    images = torch.randn(4, 3, 256, 192)
+    model.qp_threshold = median_threshold(model, images) if exit_some else math.inf
+    model.train(training)
+    monkeypatch.setattr("sharpose.models.sharpose.is_tracing", lambda: True)
+    tolist_calls.clear()
+    with torch.no_grad(), SyncCounter() as counter:
+        model(images)
+    assert model.capturable == capturable
+    assert counter.syncs == []
+    assert len(tolist_calls) == (0 if capturable else 1)
 
 
 @pytest.mark.parametrize("qp_threshold", [-math.inf, math.inf])

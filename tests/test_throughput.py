@@ -146,3 +146,16 @@ def test_cli_end_to_end(tmp_path):
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if FlopCounter.fvcore_available():
         assert json.loads((tmp_path / "flops.json").read_text())["entries"]  # the counts were cached
+
+
+def test_cuda_graph_cases_say_why_they_cannot_run():
+    """A SHaRPose forward that syncs with the host (some samples exit) is never captured; on the CPU
+    the capturable cases are reported as needing CUDA."""
+    settings = BenchmarkSettings(
+        models=["sharpose_small_256x192"], batch_sizes=[2], exit_rates=[0.0, 0.5], warmup=0, iters=1,
+        modes=["cuda_graph"], backends=["reference"], hf_peer=False, model_overrides=dict(TINY_OVERRIDES),
+        progress=False,
+    )
+    reasons = {r.exit_rate: (r.status, r.reason) for r in run_benchmark(settings).records}
+    assert reasons[0.0] == ("unavailable", "CUDA graphs need a CUDA device")
+    assert reasons[0.5][0] == "unavailable" and "without host sync" in reasons[0.5][1]

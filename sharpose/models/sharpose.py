@@ -153,6 +153,18 @@ class SHaRPose(nn.Module):
         last = self.num_keypoints if self.score_keypoints == "released" else self.num_keypoints + 1
         return (1, last)
 
+    @property
+    def refines_everyone(self) -> bool:
+        """Every sample runs the fine stage (training, or no exit threshold)."""
+        return self.training or self.qp_threshold == math.inf
+
+    @property
+    def capturable(self) -> bool:
+        """The forward needs no host-device sync, so it can be recorded in a CUDA graph: every sample
+        refines and the fixed token budget fixes all sizes (the input finiteness check is skipped
+        while capturing)."""
+        return self.refines_everyone and self.token_budget.mode == "fixed"
+
     def forward(self, images: torch.Tensor) -> SHaRPoseOutput:
         check_images(images, self.in_chans, self.input_size, "SHaRPose", check_finite=False)
         B, K = images.shape[0], self.num_keypoints
@@ -173,7 +185,7 @@ class SHaRPose(nn.Module):
         coarse_heatmaps = self.decoder(x[:, 1 : 1 + K])
 
         # early exit (inference only): a sample whose predicted quality reaches the threshold stops here
-        everyone = self.training or self.qp_threshold == math.inf
+        everyone = self.refines_everyone
         refined = torch.ones_like(quality, dtype=torch.bool) if everyone else quality < self.qp_threshold
         order = patch_scores.argsort(dim=1, descending=True)
         counts = self.token_budget.counts(patch_scores, order)
