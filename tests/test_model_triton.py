@@ -6,6 +6,7 @@ one, the Triton model runs on the GPU and is compared with the CPU reference res
 import dataclasses
 import math
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -77,3 +78,28 @@ def test_triton_gradients_match_reference(device):
         grads[name] = {n: p.grad.cpu() for n, p in model.named_parameters()}
     for name, grad in grads["reference"].items():
         assert_rel_close(grads["triton"][name], grad, rel=1e-4)
+
+
+@pytest.mark.parametrize("token_budget", ["fixed", "adaptive"])
+def test_half_precision_model_matches_reference(device, token_budget):
+    """The whole model in fp16 (bf16 needs CUDA) on the Triton backend, some samples exiting: the same
+    samples refine on the same patches as the reference backend, heatmaps within fp16 rounding."""
+    torch.manual_seed(5)
+    kwargs = dict(depth=2, embed_dim=64, num_heads=2, token_budget=token_budget)
+    reference = create_model("sharpose_small_256x192", backend="reference", **kwargs).eval()
+    triton = create_model("sharpose_small_256x192", backend="triton", **kwargs).eval()
+    triton.load_state_dict(reference.state_dict())
+    images = torch.randn(4, 3, 256, 192, device=device)
+    reference.to(device)
+    with torch.no_grad():
+        quality = reference(images).quality.sort().values
+        threshold = (quality[1] + quality[2]).item() / 2  # two samples exit, far from a tie
+        outs = []
+        for model in (reference, triton):
+            model.qp_threshold = threshold
+            outs.append(model.half().to(device)(images.half()))
+    expected, out = outs
+    assert out.heatmaps.dtype == torch.float16 and int(out.refined.sum()) == 2
+    assert torch.equal(out.refined, expected.refined) and torch.equal(out.selected, expected.selected)
+    assert_rel_close(out.heatmaps.float(), expected.heatmaps.float(), rel=1e-2)
+    assert_rel_close(out.quality.float(), expected.quality.float(), rel=1e-2)
