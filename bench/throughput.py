@@ -8,7 +8,8 @@ sharpose/benchmark/, and `sharpose bench` takes the same arguments).
 Options in brief (`--help` for all): the models (--models, or --size and --resolution); --device,
 --dtype, --batch-size; SHaRPose's --exit-rate, --backends and --token-budget; --warmup and --iters
 rounds; --cuda-graphs and --compile as extra modes; --no-hf to leave out transformers' VitPose;
---json and --plot outputs; --flop-cache, --seed, --no-progress.
+--json and --plot outputs; --flop-cache, --seed, --no-progress. --train times training steps instead
+(forward, loss, backward, AdamW step; autocast in --dtype).
 """
 from sharpose.benchmark.cli import main
 

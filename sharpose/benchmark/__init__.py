@@ -33,6 +33,8 @@ Modules
 - `runners`: the HF VitPose peer, one runner per case, timing, peak memory, CUDA graph / compile modes.
 - `core`: the `Benchmark` (build, calibrate, time round-robin), `run_benchmark`, the ViTPose comparison.
 - `report`: the header and Markdown table, the JSON file, the plot.
+- `training_step`: the training-step mode (`--train`): forward, loss, backward and AdamW step, as training
+  runs them, timed round-robin like the inference cases.
 - `cli`: the command line (`main(argv)`), behind `bench/throughput.py`, `sharpose bench` and
   `python -m sharpose.benchmark`.
 """
@@ -56,6 +58,7 @@ from sharpose.benchmark.records import (
     select_models,
 )
 from sharpose.benchmark.report import format_header, format_table, plot, write_json
+from sharpose.benchmark.training_step import run_training_benchmark
 
 __all__ = [
     "DTYPES",
@@ -83,6 +86,7 @@ __all__ = [
     "plot",
     "published_gflops",
     "run_benchmark",
+    "run_training_benchmark",
     "select_models",
     "sharpose_tokens_per_image",
     "threshold_for_exit_rate",

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MODES = ("eager", "cuda_graph", "compile")
+MODES = ("eager", "cuda_graph", "compile", "train")  # "train": a training step (training_step.py)
 TOKEN_BUDGETS = ("fixed", "adaptive")
 SIZES = ("small", "base")
 RESOLUTIONS = ("256x192", "384x288")
@@ -53,7 +53,7 @@ class Record:
     size: str
     resolution: str
     backend: str  # SHaRPose: "reference" | "triton"; ViTPose: "sdpa"; HF: "hf-sdpa" | "hf-eager"
-    mode: str  # "eager" | "cuda_graph" | "compile"
+    mode: str  # "eager" | "cuda_graph" | "compile" | "train"
     token_budget: str | None  # SHaRPose only
     batch_size: int
     dtype: str
