@@ -3,18 +3,19 @@
 #   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed)
 #   2. bench/bench_attention.py and bench/bench_composition.py (triton.testing.do_bench)
 #   3. bench/throughput.py: bf16 at batch 256 (the target run, with CUDA graphs, transformers' VitPose
-#      when installed, and a plot), bf16 at batch 64, fp32 at batch 64 and 256; the most important
-#      first, each with its own JSON
+#      when installed, and a plot), bf16 at batch 64, bf16-autocast training steps of the Base pair at
+#      256x192 and batch 64 (--train), fp32 at batch 64 and 256; the most important first, each with
+#      its own JSON
 # Each step has its own time limit; a failing or timed-out step does not stop the others. Writes
-# at most 6 files under OUT_DIR (suite.log with every step's output, summary.txt, three JSON files and
+# at most 7 files under OUT_DIR (suite.log with every step's output, summary.txt, four JSON files and
 # one PNG) and prints the summary. The AOT register/spill tables need no GPU: bench/kernel_resources.py.
 #
 #   bash bench/gpu_suite.sh OUT_DIR
 #
 # Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_KERNELS_S (each kernel script),
-# SUITE_BF16_256_S, SUITE_BF16_64_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is added to every throughput
-# run. Wheels in .whl/ at the repository root (bench/offline_wheels.sh: fvcore for the GFLOPs column,
-# pycocotools) are installed first when that folder exists, for machines with no package index.
+# SUITE_BF16_256_S, SUITE_BF16_64_S, SUITE_TRAIN_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is added to
+# every throughput run. Wheels in .whl/ at the repository root (bench/offline_wheels.sh: fvcore for the
+# GFLOPs column, pycocotools) are installed first when that folder exists, for machines with no package index.
 set -u
 
 OUT_DIR=${1:?usage: bash bench/gpu_suite.sh OUT_DIR}
@@ -76,14 +77,16 @@ throughput() {
   step "throughput_$run" "$limit" "$PYTHON" bench/throughput.py --no-progress --flop-cache "$OUT_DIR/.flops.json" \
     "$@" ${SUITE_THROUGHPUT_ARGS:-} --json "$OUT_DIR/throughput_$run.json"
 }
-throughput bf16_256 "${SUITE_BF16_256_S:-120}" --dtype bf16 --batch-size 256 --cuda-graphs \
+throughput bf16_256 "${SUITE_BF16_256_S:-110}" --dtype bf16 --batch-size 256 --cuda-graphs \
   --plot "$OUT_DIR/throughput_bf16_256.png"
-throughput bf16_64 "${SUITE_BF16_64_S:-60}" --dtype bf16 --batch-size 64 --cuda-graphs --no-hf
-throughput fp32 "${SUITE_FP32_S:-100}" --dtype fp32 --batch-size 64,256 --warmup 3 --iters 10 --no-hf
+throughput bf16_64 "${SUITE_BF16_64_S:-50}" --dtype bf16 --batch-size 64 --cuda-graphs --no-hf
+throughput train_bf16 "${SUITE_TRAIN_S:-50}" --train --dtype bf16 --resolution 256x192 --batch-size 64 \
+  --warmup 2 --iters 8
+throughput fp32 "${SUITE_FP32_S:-70}" --dtype fp32 --batch-size 64,256 --warmup 2 --iters 8 --no-hf
 rm -f "$OUT_DIR/.flops.json"
 
 # the throughput tables, from the JSON files the runs wrote
-for run in bf16_256 bf16_64 fp32; do
+for run in bf16_256 bf16_64 train_bf16 fp32; do
   json="$OUT_DIR/throughput_$run.json"
   [ -f "$json" ] || continue
   "$PYTHON" - "$json" <<'EOF' 2>&1 | tee -a "$SUMMARY"
