@@ -71,10 +71,10 @@ class TrainingStep:
     optimizer: torch.optim.Optimizer
     amp: str = "none"
     config: TrainConfig = field(default_factory=TrainConfig)
+    scaler: torch.amp.GradScaler = field(init=False)  # enabled for fp16 only, as the trainer's
 
     def __post_init__(self) -> None:
-        device = self.batch["image"].device
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.batch["image"].device.type, enabled=self.amp == "fp16")
 
     def __call__(self) -> dict[str, torch.Tensor]:
         return train_step(self.model, self.batch, self.optimizer, self.scaler, device=self.batch["image"].device,
