@@ -271,7 +271,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from sharpose.flops_table import flops_report
+    from sharpose.flops.table import flops_report
 
     print(flops_report(args.models))
     return 0

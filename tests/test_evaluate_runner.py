@@ -10,13 +10,13 @@ import torch.nn as nn
 from torch.utils.data import default_collate
 
 from sharpose import create_model, save_checkpoint
-from sharpose.builders import build_val_dataset
-from sharpose.config import load_config
-from sharpose.distributed import DistContext
-from sharpose.evaluation import coco_keypoint_metrics, decode_heatmaps, flip_back_heatmaps
-from sharpose.evaluation_runner import evaluate_model
-from sharpose.inference import predict
+from sharpose.engine.builders import build_val_dataset
+from sharpose.engine.config import load_config
+from sharpose.engine.distributed import DistContext
 from sharpose.evaluate import main as evaluate_main
+from sharpose.evaluation import coco_keypoint_metrics, decode_heatmaps, flip_back_heatmaps
+from sharpose.evaluation.inference import predict
+from sharpose.evaluation.runner import evaluate_model
 
 from conftest import DATA_DIR
 

@@ -7,8 +7,8 @@ ones minus exactly that work, derived here from the architecture.
 import pytest
 
 from sharpose import create_model
-from sharpose.flops import count_gflops
-from sharpose.published import ALPHA_SWEEP, RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.flops.counting import count_gflops
+from sharpose.flops.published import ALPHA_SWEEP, RELEASED_SHARPOSE, RELEASED_VITPOSE
 
 
 def sparse_composition_saving(model) -> float:

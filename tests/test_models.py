@@ -7,8 +7,8 @@ import torch
 
 import sharpose
 from sharpose import SHaRPose, create_model, load_checkpoint
+from sharpose.flops.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
 from sharpose.models.layers import Attention
-from sharpose.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
 
 from conftest import DATA_DIR
 

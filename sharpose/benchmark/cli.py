@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from sharpose.benchmark.core import run_benchmark
-from sharpose.benchmark.flops import default_flop_cache
 from sharpose.benchmark.records import (
     DTYPES,
     MODES,
@@ -31,6 +30,7 @@ from sharpose.benchmark.records import (
     select_models,
 )
 from sharpose.benchmark.report import format_header, format_table, plot, write_json
+from sharpose.flops.cache import default_flop_cache
 
 
 def comma_list(kind: type) -> Callable[[str], list]:

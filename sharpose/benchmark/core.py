@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from sharpose.benchmark.calibration import exit_fraction, sharpose_tokens_per_image, threshold_for_exit_rate
 from sharpose.benchmark.environment import environment_info
-from sharpose.benchmark.flops import FlopCounter, flop_ratio_limit, mean_gflops
 from sharpose.benchmark.records import (
     DTYPES,
     MODES,
@@ -41,6 +40,7 @@ from sharpose.benchmark.runners import (
     time_call,
     with_mode,
 )
+from sharpose.flops.cache import FlopCounter, flop_ratio_limit, mean_gflops
 from sharpose.models.factory import create_model
 from sharpose.models.sharpose import SHaRPose
 from sharpose.models.vitpose import ViTPose

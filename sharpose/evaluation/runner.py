@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
-from sharpose.builders import build_model, build_val_dataset
 from sharpose.checkpoint import load_checkpoint
-from sharpose.config import Config, ConfigError, check_files
 from sharpose.data import TopDownDataset, load_json
-from sharpose.distributed import DistContext, setup_distributed, teardown_distributed
+from sharpose.engine.builders import build_model, build_val_dataset
+from sharpose.engine.config import Config, ConfigError, check_files
+from sharpose.engine.distributed import DistContext, setup_distributed, teardown_distributed
 from sharpose.evaluation import (
     coco_results,
     evaluate_coco_results,
@@ -31,7 +31,7 @@ from sharpose.evaluation import (
     mpii_pckh,
     write_coco_results,
 )
-from sharpose.inference import CropPredictions, predict
+from sharpose.evaluation.inference import CropPredictions, predict
 from sharpose.models import SHaRPose
 
 

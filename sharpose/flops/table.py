@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sharpose
-from sharpose.flops import count_gflops, count_params
-from sharpose.published import ALPHA_SWEEP, PAPER, RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.flops.counting import count_gflops, count_params
+from sharpose.flops.published import ALPHA_SWEEP, PAPER, RELEASED_SHARPOSE, RELEASED_VITPOSE
 
 NOTES = """\
 Counted with fvcore at batch 1: a multiply-add is one FLOP; attention matmuls, layer norms and

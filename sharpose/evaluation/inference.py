@@ -23,11 +23,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from sharpose.amp import autocast
 from sharpose.data import TopDownDataset
+from sharpose.engine.amp import autocast
+from sharpose.engine.distributed import DistContext, gather_to_main
 from sharpose.evaluation import decode_heatmaps, flip_back_heatmaps
 from sharpose.models import SHaRPose, SHaRPoseOutput
-from sharpose.distributed import DistContext, gather_to_main
 
 
 @dataclass
