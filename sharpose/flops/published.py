@@ -45,12 +45,3 @@ ALPHA_SWEEP = {
     ("sharpose_base_384x288", 0.5): (38.66, 38.9),
 }
 
-# paper Table 1 throughput, RTX 3090, fp32: name: FPS
-PAPER_FPS = {
-    "sharpose_base_256x192": 392.8,
-    "vitpose_base_256x192": 340.2,
-    "sharpose_base_384x288": 196.6,
-    "vitpose_base_384x288": 143.3,
-    "sharpose_small_256x192": 498.3,
-    "vitpose_small_256x192": 360.3,
-}
