@@ -113,7 +113,7 @@ def test_sharpose_parameter_counts_equal_released(name):
 def test_vitpose_parameter_counts(name, decoder):
     params = sum(p.numel() for p in create_model(name, decoder=decoder).parameters())
     expected_m = RELEASED_VITPOSE[(name, decoder)][0]
-    if decoder == "simple":  # DESIGN.md's figure counts a 1x1 final conv; the released head is 3x3
+    if decoder == "simple":  # docs/design.md's figure counts a 1x1 final conv; the released head is 3x3
         params -= 768 * 17 * 8
     assert round(params / 1e6, 2) == expected_m
 
@@ -209,7 +209,7 @@ def test_train_mode_refines_everything_and_every_parameter_gets_a_gradient():
 def test_vitpose_forward_and_gradients():
     for decoder in ("classic", "simple"):
         model = create_model("vitpose_small_256x192", depth=2, decoder=decoder)
-        heatmaps = model(torch.randn(2, 3, 256, 192))
+        heatmaps = model(torch.randn(2, 3, 256, 192)).heatmaps
         assert heatmaps.shape == (2, 17, 64, 48)
         heatmaps.square().mean().backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -16,8 +16,9 @@ How
   events after a synchronize on GPU, `perf_counter` on CPU); warm-up rounds first; every case runs once
   per round, round-robin, so that drift (clocks, other load) hits all of them alike; the median round is
   reported, and the fastest one beside it.
-- GFLOPs (`sharpose.flops.FlopCounter`): fvcore on a CPU float32 copy of each configuration, cached per configuration (optionally in a
-  JSON file keyed by a hash of the model code). SHaRPose's figure is the mean over the achieved exit rate.
+- GFLOPs (`sharpose.flops.FlopCounter`): fvcore on a CPU float32 copy of each configuration, cached per
+  configuration (optionally in a JSON file keyed by a hash of the model code). SHaRPose's figure is the
+  mean over the achieved exit rate.
 - Token budget: SHaRPose's `token_budget` ("fixed" | "adaptive") is passed to `create_model`; tokens per
   image are counted from the model's outputs (`selected`, `refined`), so an adaptive budget reports its
   own mean. GFLOPs are not given for it (its cost depends on the image, fvcore traces one).

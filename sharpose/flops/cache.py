@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
-
+from sharpose.flops.counting import count_gflops
 from sharpose.flops.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
-from sharpose.models.sharpose import SHaRPose
+from sharpose.models import PoseModel
 
 
 def mean_gflops(full: float, coarse: float, exit_rate: float) -> float:
@@ -64,17 +63,15 @@ class FlopCounter:
     def source(self) -> str:
         return "fvcore" if self.fvcore_available() else "released code (fvcore not installed)"
 
-    def gflops(self, name: str, overrides: dict[str, Any], model: nn.Module, refine: bool = True) -> float | None:
+    def gflops(self, name: str, overrides: dict[str, Any], model: PoseModel, refine: bool = True) -> float | None:
         """GFLOPs of one image through `model` (a CPU float32 instance of `name` with `overrides`)."""
         key = json.dumps([name, sorted(overrides.items()), refine], default=str)
         if key in self.entries:
             return self.entries[key]
         if not self.fvcore_available():
             return published_gflops(name, overrides, refine)
-        from sharpose.flops.counting import count_gflops
-
         try:
-            count = count_gflops(model, refine=refine) if isinstance(model, SHaRPose) else count_gflops(model)
+            count = count_gflops(model, refine=refine)
         except Exception as error:  # noqa: BLE001 - a failed trace costs the GFLOPs column, not the run
             from sharpose.benchmark.records import first_line  # here: sharpose.benchmark imports this module
 
