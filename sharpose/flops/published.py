@@ -1,7 +1,7 @@
 """Published figures (papers) and counts of the released code, for side-by-side tables and checks.
 
 Released-code figures are fvcore counts of AnxQ/sharpose and ViTAE-Transformer/ViTPose
-(DESIGN.md sections 2 and 2b); paper figures from SHaRPose (AAAI 2024) Tables 1 and 6.
+(docs/design.md, section 5); paper figures from SHaRPose (AAAI 2024) Tables 1 and 6.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ RELEASED_SHARPOSE = {
     "sharpose_base_384x288": (118_543_489, 32.713, 11.975),
 }
 
-# (name, decoder): (params in millions, GFLOPs), DESIGN.md section 2b. Its "simple" row counts a 1x1 final
+# (name, decoder): (params in millions, GFLOPs), docs/design.md section 5. Its "simple" row counts a 1x1 final
 # conv; the released config (final_conv_kernel=3), mmpose's head and HF's VitPoseSimpleDecoder use 3x3,
 # which adds 768 * 17 * 8 weights and, on the 64x48 heatmap, 64 * 48 * 768 * 17 * 8 multiply-adds.
 RELEASED_VITPOSE = {
