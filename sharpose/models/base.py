@@ -16,7 +16,8 @@ from sharpose.models.layers import Attention
 class PoseModel(nn.Module):
     """Base of SHaRPose and ViTPose. Subclasses return a `PoseOutput` from their forward."""
 
-    output_names: ClassVar[tuple[str, ...]] = ("heatmaps",)  # the PoseOutput fields the model fills
+    # the PoseOutput fields an export (and a FLOP count's trace) returns, in order
+    output_names: ClassVar[tuple[str, ...]] = ("heatmaps",)
     has_early_exit: ClassVar[bool] = False
     # early-exit threshold: a sample whose predicted quality reaches it skips the refinement; +inf: every
     # sample runs every stage (what a model without early exit always does)
