@@ -29,14 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CUDA = torch.cuda.is_available()
 if not CUDA:  # the kernel module imports triton; keep the interpreter switch consistent

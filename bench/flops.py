@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from sharpose.flops_table import flops_report
+from sharpose.flops.table import flops_report
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine should run, in one call of under 10 minutes (limits total 550 s):
+# The GPU checks in one call, the step time limits totalling 550 s by default:
 #   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed)
 #   2. bench/bench_attention.py and bench/bench_composition.py (triton.testing.do_bench)
 #   3. bench/throughput.py: bf16 at batch 256 (the target run, with CUDA graphs, transformers' VitPose

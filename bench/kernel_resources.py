@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kernels.aot import attention_kernel_specs, format_table, measure_specs, tools_available  # noqa: E402
+from kernels.aot import attention_kernel_specs, format_table, measure_specs, tools_available
 
 
 def main() -> None:

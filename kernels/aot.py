@@ -104,15 +104,6 @@ def tools_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _sm_arch(capability: int) -> str:
-    try:
-        from triton.backends.nvidia.compiler import sm_arch_from_capability
-
-        return sm_arch_from_capability(capability)
-    except Exception:
-        return f"sm_{capability}{'a' if capability >= 90 else ''}"
-
-
 # ----------------------------------------------------------------------------------------------
 # Compile and measure (in-process; the interpreter must be off)
 # ----------------------------------------------------------------------------------------------

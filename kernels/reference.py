@@ -259,13 +259,8 @@ def compose_tokens(
 ) -> torch.Tensor:
     """The packed fine-stage sequences (T, D) of R refined samples, T = R (K + N_c) + 3 S_p.
 
-    Sample i selects k_i = (L_i - K - N_c) / 3 coarse patches, `order[i, :k_i]` (L_i from
-    `cu_seqlens`); its rows cu_seqlens[i] .. cu_seqlens[i + 1] - 1 are
-      [keypoint_tokens (K)]
-      + [for slot s < k_i, child c < 4: fine_embed[4 (o_i + s) + c] + fine_pos[f(p, c)] + reuse[o_i + s]]
-      + [coarse_embed[i, order[i, k_i:]] (N_c - k_i)]
-    with p = order[i, s], o_i = k_0 + ... + k_{i-1} and f(p, c) the fine index of child
-    c = 2 dy + dx of coarse patch p: (p // wc) 2 wf + (p % wc) 2 + dy wf + dx, wf = 2 wc.
+    The layout is the fine-stage token layout of docs/design.md, section 3: sample i selects
+    k_i = (L_i - K - N_c) / 3 coarse patches, `order[i, :k_i]` (L_i from `cu_seqlens`).
 
     Index arithmetic, one gather per source and a scatter into the packed order; autograd gives
     the backward. The values of cu_seqlens and order are validated on CPU tensors only.

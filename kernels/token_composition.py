@@ -4,17 +4,10 @@ One file, Liger-Kernel style: the Triton kernels, the launchers, a `torch.autogr
 and the functional entry points `compose_tokens` / `compose_tokens_padded`, whose signatures
 are those of `kernels.reference` (the oracle the tests compare against).
 
-The contract (DESIGN.md section 4.2). Refined sample i selects k_i coarse patches,
-p = order[i, s] for slots s < k_i, and its fine-stage sequence, rows cu_seqlens[i] ..
-cu_seqlens[i + 1] - 1 of the packed (T, D) output, is
-
-    [K keypoint tokens]
-    [slot s = 0 .. k_i - 1, child c = 0 .. 3:  fine_embed[4 (o_i + s) + c] + fine_pos[f(p, c)] + reuse[o_i + s]]
-    [the N_c - k_i unselected patches, best first:  coarse_embed[i, order[i, k_i + u]]]
-
-so L_i = K + N_c + 3 k_i, o_i = k_0 + ... + k_{i-1} = (cu_seqlens[i] - i (K + N_c)) / 3, and
-f(p, c) = (p // wc) 2 wf + (p % wc) 2 + (c // 2) wf + c % 2 is the fine index of child
-c = (dy, dx) of p (wf = 2 wc). The released code builds the same tokens with a full-size
+The contract: the fine-stage token layout of docs/design.md, section 3, and the op of section 4.3.
+Below, sample i selects k_i patches p = order[i, s] (slots s < k_i), its sequence has length
+L_i = K + N_c + 3 k_i, its first slot is o_i = k_0 + ... + k_{i-1} = (cu_seqlens[i] - i (K + N_c)) / 3,
+and f(p, c) is the fine index of child c of p. The released code builds the same tokens with a full-size
 reuse MLP, a nearest upsample, an add over all N_f fine patches, two gathers and a cat; here
 the caller embeds only the selected fine patches and runs the reuse MLP on the selected parents
 only, and the composition is a single pass over the output.

@@ -217,7 +217,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sharpose.data import read_image
     from sharpose.demo import coco_result, image_id_from_name, predict_people
     from sharpose.evaluation import write_coco_results
-    from sharpose.models import SHaRPose
     from sharpose.visualize import person_figure, scene_figure
 
     out = prepare_output(args.out or Path(f"{args.image.stem}_pose.png"), "--out", ".png")
@@ -226,14 +225,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     image_id = args.image_id if args.image_id is not None else image_id_from_name(args.image)
     boxes, box_scores = person_boxes(args, image.shape, image_id)
     model = load_model(args.model, args.overrides, args.checkpoint).to(args.device)
-    is_sharpose = isinstance(model, SHaRPose)
-    if args.qp_threshold is not None:
-        if not is_sharpose:
-            raise CliError(f"--qp-threshold applies to SHaRPose models; {args.model} has no early exit")
-        model.qp_threshold = args.qp_threshold
-
-    people = predict_people(model, image, boxes, box_scores, args.device)
-    grid = model.coarse_grid if is_sharpose else None
+    if args.qp_threshold is not None and not model.has_early_exit:
+        raise CliError(f"--qp-threshold applies to SHaRPose models; {args.model} has no early exit")
+    with model.exit_policy(qp_threshold=args.qp_threshold):
+        people = predict_people(model, image, boxes, box_scores, args.device)
+    grid = model.score_grid
     written = [out]
     write_png(out, scene_figure(image, people, args.kpt_thr))
     for i, person in enumerate(people):
@@ -271,7 +267,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from sharpose.flops_table import flops_report
+    from sharpose.flops.table import flops_report
 
     print(flops_report(args.models))
     return 0
@@ -341,13 +337,14 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def build_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from sharpose.export import FORMATS, SHARPOSE_OUTPUTS
+    from sharpose.export import FORMATS
+    from sharpose.models import SHaRPose
 
     p = sub.add_parser(
         "export", parents=[common], help="export a model to ONNX, TorchScript or a torch.export program",
         description="Export the reference-backend model for a fixed input shape (batch size x 3 x H x W). "
         "SHaRPose is exported with a fixed exit policy, every sample refined, and returns the tuple "
-        f"({', '.join(SHARPOSE_OUTPUTS)}); ViTPose returns (heatmaps,). The exported file is then run on a "
+        f"({', '.join(SHaRPose.output_names)}); ViTPose returns (heatmaps,). The exported file is then run on a "
         "random batch and compared with the eager model: the max difference of each output is printed and "
         "the exit code is 1 when one exceeds --atol. ONNX needs the onnx and onnxruntime packages.")
     add_model_args(p, None)

@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from sharpose.data import DataError, box_to_center_scale, load_json, normalize_image, udp_warp_matrix, warp_image
 from sharpose.evaluation import decode_heatmaps, rescored
-from sharpose.models import SHaRPose
+from sharpose.models import PoseModel
 
 Box = tuple[float, float, float, float]  # x, y, w, h in image pixels
 
@@ -55,14 +54,14 @@ def crop_box(
 
 @torch.no_grad()
 def predict_people(
-    model: nn.Module, image: np.ndarray, boxes: Sequence[Box], box_scores: Sequence[float], device: torch.device
+    model: PoseModel, image: np.ndarray, boxes: Sequence[Box], box_scores: Sequence[float], device: torch.device
 ) -> list[PersonPrediction]:
     """Run `model` (eval mode) on every box of a BGR `image` in one batch."""
     crops = [crop_box(image, box, model.input_size) for box in boxes]
     batch = torch.stack([normalize_image(crop) for *_, crop in crops]).to(device)
     model.eval()
     output = model(batch)
-    heatmaps = output.heatmaps if isinstance(model, SHaRPose) else output
+    heatmaps = output.heatmaps
     centers = np.stack([c[0] for c in crops])
     scales = np.stack([c[1] for c in crops])
     keypoints = decode_heatmaps(heatmaps, centers, scales, blur_kernel=blur_kernel_for(model.input_size))
@@ -70,7 +69,7 @@ def predict_people(
         PersonPrediction(tuple(map(float, box)), float(score), center, scale, warp, crop, kpts)
         for box, score, (center, scale, warp, crop), kpts in zip(boxes, box_scores, crops, keypoints)
     ]
-    if isinstance(model, SHaRPose):
+    if output.quality is not None:  # a model with early exit
         for i, person in enumerate(people):
             person.quality = float(output.quality[i])
             person.refined = bool(output.refined[i])

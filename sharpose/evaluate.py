@@ -9,9 +9,9 @@ import argparse
 import json
 
 from sharpose.checkpoint import CheckpointError
-from sharpose.config import ConfigError, list_configs, load_config
 from sharpose.data import DataError
-from sharpose.evaluation_runner import evaluate, sweep_table
+from sharpose.engine.config import ConfigError, list_configs, load_config
+from sharpose.evaluation.runner import evaluate, sweep_table
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from sharpose.models import SHaRPose
+from sharpose.models import PoseModel, TupleOutputs
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
-SHARPOSE_OUTPUTS = ("heatmaps", "coarse_heatmaps", "quality", "patch_scores", "selected")
-VITPOSE_OUTPUTS = ("heatmaps",)
 ONNX_OPSET = 17
 
 
@@ -28,31 +25,9 @@ class ExportError(RuntimeError):
     """An export that cannot run (a missing package) or whose result differs from the eager model."""
 
 
-class TupleOutputs(nn.Module):
-    """The model with its outputs as a tuple of tensors, in the order of `output_names(model)`."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(images)
-        if isinstance(self.model, SHaRPose):
-            return tuple(getattr(out, name) for name in SHARPOSE_OUTPUTS)
-        return (out,)
-
-
-def output_names(model: nn.Module) -> tuple[str, ...]:
-    return SHARPOSE_OUTPUTS if isinstance(model, SHaRPose) else VITPOSE_OUTPUTS
-
-
-def exportable(model: nn.Module) -> TupleOutputs:
-    """`model` in eval mode on the CPU; SHaRPose on the reference backend, every sample refined."""
-    model = model.eval().cpu()
-    if isinstance(model, SHaRPose):
-        model.qp_threshold = math.inf
-        model.backend = "reference"
-    return TupleOutputs(model).eval()
+def exportable(model: PoseModel) -> TupleOutputs:
+    """`model` in eval mode on the CPU, run on the reference backend with every sample refined."""
+    return TupleOutputs(model.eval().cpu(), qp_threshold=math.inf, backend="reference").eval()
 
 
 def check_onnx_available() -> None:
@@ -61,7 +36,7 @@ def check_onnx_available() -> None:
         raise ExportError(f"--format onnx needs {' and '.join(missing)}: pip install {' '.join(missing)}")
 
 
-def example_images(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:
+def example_images(model: PoseModel, batch_size: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, model.in_chans, *model.input_size, generator=generator)
 
@@ -82,7 +57,7 @@ def export(wrapped: TupleOutputs, images: torch.Tensor, fmt: str, path: Path) ->
             # the TorchScript-based exporter: the dynamo one (onnxscript 0.7) cannot translate
             # repeat_interleave with output_size, which the fine stage's packing uses
             torch.onnx.export(wrapped, (images,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=list(output_names(wrapped.model)))
+                              input_names=["images"], output_names=list(wrapped.output_names))
         else:
             raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
@@ -117,7 +92,7 @@ def verify(wrapped: TupleOutputs, fmt: str, path: Path, images: torch.Tensor) ->
     value the trace baked in shows up)."""
     expected = wrapped(images)
     actual = run_exported(fmt, path, images)
-    names = output_names(wrapped.model)
+    names = wrapped.output_names
     if len(actual) != len(expected):
         raise ExportError(f"the exported model returns {len(actual)} outputs, the eager one {len(expected)}")
     diffs = []

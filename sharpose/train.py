@@ -1,6 +1,6 @@
 """`python -m sharpose.train CONFIG [--resume PATH] [--set key=value ...]` (under torchrun for several GPUs).
 
-CONFIG is a shipped config name (see `sharpose.config.list_configs()`) or a YAML file.
+CONFIG is a shipped config name (see `sharpose.engine.config.list_configs()`) or a YAML file.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 import sys
 
 from sharpose.checkpoint import CheckpointError
-from sharpose.config import ConfigError, list_configs, load_config
 from sharpose.data import DataError
+from sharpose.engine.config import ConfigError, list_configs, load_config
 from sharpose.training import train
 
 

@@ -6,17 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils.data import default_collate
 
 from sharpose import create_model, save_checkpoint
-from sharpose.builders import build_val_dataset
-from sharpose.config import load_config
-from sharpose.distributed import DistContext
-from sharpose.evaluation import coco_keypoint_metrics, decode_heatmaps, flip_back_heatmaps
-from sharpose.evaluation_runner import evaluate_model
-from sharpose.inference import predict
+from sharpose.engine.builders import build_val_dataset
+from sharpose.engine.config import load_config
+from sharpose.engine.distributed import DistContext
 from sharpose.evaluate import main as evaluate_main
+from sharpose.evaluation import coco_keypoint_metrics, decode_heatmaps, flip_back_heatmaps
+from sharpose.evaluation.inference import predict
+from sharpose.evaluation.runner import evaluate_model
+from sharpose.models import PoseModel, PoseOutput
 
 from conftest import DATA_DIR
 
@@ -30,7 +30,7 @@ def tiny_config(tmp_path, *overrides):
                                 "model.overrides.backend=reference", *overrides])
 
 
-class GroundTruthModel(nn.Module):
+class GroundTruthModel(PoseModel):
     """A stub pose model answering each crop of the dataset with its target heatmaps (and a flipped
     crop with the flipped targets, so that flip test averages the target with itself)."""
 
@@ -49,7 +49,7 @@ class GroundTruthModel(nn.Module):
             else:  # a flipped crop
                 match = (self.images.flip(3) == image).flatten(1).all(1)
                 out.append(flip_back_heatmaps(self.targets[match], self.flip_pairs)[0])
-        return torch.stack(out)
+        return PoseOutput(torch.stack(out))
 
 
 @pytest.mark.parametrize("flip_test", [False, True])

@@ -1,4 +1,4 @@
-"""FLOP counts (fvcore) against the released code's counts in DESIGN.md.
+"""FLOP counts (fvcore) against the released code's counts in docs/design.md.
 
 Our fine stage embeds only the selected patches' fine children and runs the reuse block only on
 their parents; the released code does both for every patch. The expected figures are the released
@@ -7,8 +7,8 @@ ones minus exactly that work, derived here from the architecture.
 import pytest
 
 from sharpose import create_model
-from sharpose.flops import count_gflops
-from sharpose.published import ALPHA_SWEEP, RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.flops.counting import count_gflops
+from sharpose.flops.published import ALPHA_SWEEP, RELEASED_SHARPOSE, RELEASED_VITPOSE
 
 
 def sparse_composition_saving(model) -> float:
@@ -39,7 +39,7 @@ def test_sharpose_gflops_match_released(name):
 @pytest.mark.parametrize("name,decoder", sorted(RELEASED_VITPOSE))
 def test_vitpose_gflops_match_released(name, decoder):
     expected = RELEASED_VITPOSE[(name, decoder)][1]
-    if decoder == "simple":  # DESIGN.md counts a 1x1 final conv; the released head is 3x3
+    if decoder == "simple":  # docs/design.md counts a 1x1 final conv; the released head is 3x3
         expected += 64 * 48 * 768 * 17 * 8 / 1e9
     assert count_gflops(create_model(name, decoder=decoder)) == pytest.approx(expected, rel=5e-3)
 

@@ -7,8 +7,8 @@ import torch
 
 import sharpose
 from sharpose import SHaRPose, create_model, load_checkpoint
+from sharpose.flops.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
 from sharpose.models.layers import Attention
-from sharpose.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
 
 from conftest import DATA_DIR
 
@@ -113,7 +113,7 @@ def test_sharpose_parameter_counts_equal_released(name):
 def test_vitpose_parameter_counts(name, decoder):
     params = sum(p.numel() for p in create_model(name, decoder=decoder).parameters())
     expected_m = RELEASED_VITPOSE[(name, decoder)][0]
-    if decoder == "simple":  # DESIGN.md's figure counts a 1x1 final conv; the released head is 3x3
+    if decoder == "simple":  # docs/design.md's figure counts a 1x1 final conv; the released head is 3x3
         params -= 768 * 17 * 8
     assert round(params / 1e6, 2) == expected_m
 
@@ -161,7 +161,7 @@ def test_vitpose_mmpose_checkpoint_loads(tmp_path):
     load_checkpoint(target, tmp_path / "vitpose.pth")
     images = torch.randn(1, 3, 256, 192)
     with torch.no_grad():
-        assert torch.equal(target(images), source(images))
+        assert torch.equal(target(images).heatmaps, source(images).heatmaps)
 
 
 def test_own_format_round_trip(tmp_path):
@@ -209,7 +209,7 @@ def test_train_mode_refines_everything_and_every_parameter_gets_a_gradient():
 def test_vitpose_forward_and_gradients():
     for decoder in ("classic", "simple"):
         model = create_model("vitpose_small_256x192", depth=2, decoder=decoder)
-        heatmaps = model(torch.randn(2, 3, 256, 192))
+        heatmaps = model(torch.randn(2, 3, 256, 192)).heatmaps
         assert heatmaps.shape == (2, 17, 64, 48)
         heatmaps.square().mean().backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -15,7 +15,7 @@ from sharpose.benchmark.training_step import (
     synthetic_training_batch,
     training_optimizer,
 )
-from sharpose.config import TrainConfig
+from sharpose.engine.config import TrainConfig
 from sharpose.training import pose_loss
 
 TINY_MODELS = ["sharpose_small_256x192", "vitpose_small_256x192"]

@@ -15,12 +15,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 
 from sharpose import create_model, load_checkpoint, save_checkpoint
-from sharpose.builders import build_model, build_val_dataset
 from sharpose.checkpoint import CheckpointError, read_checkpoint
-from sharpose.config import ConfigError, check_files, load_config
-from sharpose.distributed import DistContext
+from sharpose.engine.builders import build_model, build_val_dataset
+from sharpose.engine.config import ConfigError, check_files, load_config
+from sharpose.engine.distributed import DistContext
 from sharpose.evaluation import heatmap_oks
-from sharpose.evaluation_runner import evaluate, evaluate_model
+from sharpose.evaluation.runner import evaluate, evaluate_model
 from sharpose.training import (
     LrSchedule,
     build_optimizer,

@@ -16,8 +16,9 @@ How
   events after a synchronize on GPU, `perf_counter` on CPU); warm-up rounds first; every case runs once
   per round, round-robin, so that drift (clocks, other load) hits all of them alike; the median round is
   reported, and the fastest one beside it.
-- GFLOPs: fvcore on a CPU float32 copy of each configuration, cached per configuration (optionally in a
-  JSON file keyed by a hash of the model code). SHaRPose's figure is the mean over the achieved exit rate.
+- GFLOPs (`sharpose.flops.FlopCounter`): fvcore on a CPU float32 copy of each configuration, cached per
+  configuration (optionally in a JSON file keyed by a hash of the model code). SHaRPose's figure is the
+  mean over the achieved exit rate.
 - Token budget: SHaRPose's `token_budget` ("fixed" | "adaptive") is passed to `create_model`; tokens per
   image are counted from the model's outputs (`selected`, `refined`), so an adaptive budget reports its
   own mean. GFLOPs are not given for it (its cost depends on the image, fvcore traces one).
@@ -28,7 +29,6 @@ How
 Modules
 - `records`: model names, modes and dtypes, the settings of a run, one record per case, the result.
 - `calibration`: the `qp_threshold` for an exit rate, the achieved exit rate, tokens per image.
-- `flops`: FLOP arithmetic and the fvcore counts (`FlopCounter`, cached; the released counts as fallback).
 - `environment`: device, versions, commit and load of the machine a run happened on.
 - `runners`: the HF VitPose peer, one runner per case, timing, peak memory, CUDA graph / compile modes.
 - `core`: the `Benchmark` (build, calibrate, time round-robin), `run_benchmark`, the ViTPose comparison.
@@ -42,7 +42,6 @@ from sharpose.benchmark.calibration import exit_fraction, sharpose_tokens_per_im
 from sharpose.benchmark.cli import main
 from sharpose.benchmark.core import Benchmark, compare_with_vitpose, run_benchmark
 from sharpose.benchmark.environment import environment_info
-from sharpose.benchmark.flops import FlopCounter, default_flop_cache, flop_ratio_limit, mean_gflops, published_gflops
 from sharpose.benchmark.records import (
     DTYPES,
     MODES,
@@ -59,6 +58,7 @@ from sharpose.benchmark.records import (
 )
 from sharpose.benchmark.report import format_header, format_table, plot, write_json
 from sharpose.benchmark.training_step import run_training_benchmark
+from sharpose.flops.cache import FlopCounter, default_flop_cache, flop_ratio_limit, mean_gflops, published_gflops
 
 __all__ = [
     "DTYPES",

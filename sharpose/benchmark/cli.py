@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from sharpose.benchmark.core import run_benchmark
-from sharpose.benchmark.flops import default_flop_cache
 from sharpose.benchmark.records import (
     DTYPES,
     MODES,
@@ -33,6 +32,7 @@ from sharpose.benchmark.records import (
 )
 from sharpose.benchmark.report import format_header, format_table, plot, write_json
 from sharpose.benchmark.training_step import run_training_benchmark
+from sharpose.flops.cache import default_flop_cache
 
 DEFAULT_EXIT_RATES = [0.0, 0.3, 0.6]
 

@@ -2,6 +2,7 @@
 rate), times them round-robin, and compares every row with ViTPose of the same size and resolution."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -18,7 +19,6 @@ from tqdm import tqdm
 
 from sharpose.benchmark.calibration import exit_fraction, sharpose_tokens_per_image, threshold_for_exit_rate
 from sharpose.benchmark.environment import environment_info
-from sharpose.benchmark.flops import FlopCounter, flop_ratio_limit, mean_gflops
 from sharpose.benchmark.records import (
     DTYPES,
     MODES,
@@ -41,9 +41,9 @@ from sharpose.benchmark.runners import (
     time_call,
     with_mode,
 )
+from sharpose.flops.cache import FlopCounter, flop_ratio_limit, mean_gflops
 from sharpose.models.factory import create_model
 from sharpose.models.sharpose import SHaRPose
-from sharpose.models.vitpose import ViTPose
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Benchmark:
             entry.gflops = self.flops.gflops(name, overrides, model, refine=True)
             if family == "sharpose":
                 entry.coarse_gflops = self.flops.gflops(name, overrides, model, refine=False)
-        if isinstance(model, ViTPose):
+        if family == "vitpose":  # SHaRPose's count depends on its exit decisions: fill_sharpose_record
             entry.tokens_per_image = float(model.grid[0] * model.grid[1])
         entry.model = model.to(device=self.device, dtype=self.dtype)
         return entry
@@ -185,9 +185,8 @@ class Benchmark:
         try:
             if backend == "triton" and self.device.type != "cuda":
                 raise Unavailable("the Triton kernels are timed on CUDA only (on the CPU they run interpreted)")
-            model.backend = backend
-            model.qp_threshold = math.inf
-            quality = model(images).quality
+            with model.exit_policy(qp_threshold=math.inf, backend=backend):
+                quality = model(images).quality
         except Exception as error:  # noqa: BLE001 - e.g. NotImplementedError from a kernel not written yet
             failures.extend(failed(r, error) for r in records)
             release_cuda_memory(self.device)
@@ -195,20 +194,16 @@ class Benchmark:
         call = lambda: model(images)  # noqa: E731
         for record in records:
             threshold = threshold_for_exit_rate(quality, record.exit_rate)
-
-            def configure(threshold: float = threshold) -> None:
-                model.backend, model.qp_threshold = backend, threshold
-
+            policy = functools.partial(model.exit_policy, qp_threshold=threshold, backend=backend)
             try:
-                configure()
-                out = model(images)
-                self.fill_sharpose_record(record, entry, model, out, threshold)
-                configure()
-                record.peak_mem_mib = peak_memory_mib(call, self.device, resident_bytes(model, images))
-                configure()  # capture or compile with this case's threshold
-                if mode == "cuda_graph" and not model.capturable:
-                    raise Unavailable("CUDA graphs need a forward without host sync: exit rate 0, fixed token budget")
-                ready.append(Runner(record, with_mode(call, model, images, mode), configure))
+                with policy():  # capture or compile with this case's threshold
+                    out = model(images)
+                    self.fill_sharpose_record(record, entry, model, out, threshold)
+                    record.peak_mem_mib = peak_memory_mib(call, self.device, resident_bytes(model, images))
+                    if mode == "cuda_graph" and not model.capturable:
+                        raise Unavailable("CUDA graphs need a forward without host sync: exit rate 0, "
+                                          "fixed token budget")
+                    ready.append(Runner(record, with_mode(call, model, images, mode), policy))
             except Exception as error:  # noqa: BLE001 - reported in the record
                 failures.append(failed(record, error))
                 release_cuda_memory(self.device)
@@ -233,8 +228,8 @@ class Benchmark:
             for round_index in range(rounds):
                 for runner in list(live):
                     try:
-                        runner.configure()
-                        elapsed = time_call(runner.call, self.device)
+                        with runner.policy():
+                            elapsed = time_call(runner.call, self.device)
                     except Exception as error:  # noqa: BLE001 - reported in the record
                         live.remove(runner)
                         dropped.append(failed(runner.record, error))

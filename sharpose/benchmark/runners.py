@@ -2,9 +2,11 @@
 peak memory, and the CUDA graph and torch.compile modes."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +15,12 @@ import torch.nn as nn
 
 from sharpose.benchmark.records import MODES, Record, Unavailable, first_line
 from sharpose.models.heads import SimpleDecoder
+from sharpose.models.output import PoseOutput
 from sharpose.models.vitpose import ViTPose
 
 
 class HFVitPose(nn.Module):
-    """transformers' VitPoseForPoseEstimation behind our ViTPose's interface (images -> heatmaps)."""
+    """transformers' VitPoseForPoseEstimation behind our ViTPose's interface (images -> PoseOutput)."""
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int], in_chans: int) -> None:
         super().__init__()
@@ -25,8 +28,8 @@ class HFVitPose(nn.Module):
         self.input_size = input_size
         self.in_chans = in_chans
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=images).heatmaps
+    def forward(self, images: torch.Tensor) -> PoseOutput:
+        return PoseOutput(self.model(pixel_values=images).heatmaps)
 
 
 def hf_available() -> bool:
@@ -66,11 +69,11 @@ def build_hf_vitpose(ours: ViTPose) -> tuple[HFVitPose, str]:
 
 @dataclass
 class Runner:
-    """One timed case: `configure` (untimed: backend, threshold) then `call` (one forward)."""
+    """One timed case: `call` (one forward) run under `policy()` (the model's exit policy: backend, threshold)."""
 
     record: Record
     call: Callable[[], Any]
-    configure: Callable[[], None] = lambda: None
+    policy: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
 
 def time_call(call: Callable[[], Any], device: torch.device) -> float:

@@ -15,6 +15,7 @@ What training does, the benchmark does:
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from sharpose.benchmark.core import Benchmark, Entry, compare_with_vitpose, rele
 from sharpose.benchmark.environment import environment_info
 from sharpose.benchmark.records import BenchmarkResult, BenchmarkSettings, Record, Unavailable, failed, first_line
 from sharpose.benchmark.runners import Runner, peak_memory_mib
-from sharpose.config import TrainConfig
+from sharpose.engine.config import TrainConfig
 from sharpose.data.targets import udp_heatmap_targets
 from sharpose.models.factory import create_model
 from sharpose.training.loop import train_step
@@ -152,26 +153,22 @@ class TrainingBenchmark(Benchmark):
                 raise Unavailable("the Triton kernels are timed on CUDA only (on the CPU they run interpreted)")
             record.exit_rate = 0.0
 
-        def configure() -> None:
-            if entry.family == "sharpose":
-                model.backend = backend
-
-        configure()
-        with torch.no_grad():
+        # ViTPose's "backend" label names PyTorch's attention, not a kernels backend to switch to
+        policy = functools.partial(model.exit_policy, backend=backend if entry.family == "sharpose" else None)
+        with policy(), torch.no_grad():
             out = model(images)
-        heatmaps = out if isinstance(out, torch.Tensor) else out.heatmaps
-        if entry.family == "sharpose":
+        if out.refined is not None:
             record.achieved_exit_rate = exit_fraction(out.refined)
             record.tokens_per_image = sharpose_tokens_per_image(model, out)
         else:
             record.tokens_per_image = entry.tokens_per_image
-        train_batch = synthetic_training_batch(images, heatmaps.shape[1], heatmaps.shape[-2:], self.settings.seed)
+        train_batch = synthetic_training_batch(images, out.heatmaps.shape[1], out.heatmaps.shape[-2:], self.settings.seed)
         optimizer = self.optimizers[model]
         step = TrainingStep(model, train_batch, optimizer, self.amp)
-        step()  # optimizer state and gradients exist from here on, as in a running training
-        configure()
-        record.peak_mem_mib = peak_memory_mib(step, self.device, training_state_bytes(model, optimizer, train_batch))
-        return Runner(record, step, configure)
+        with policy():
+            step()  # optimizer state and gradients exist from here on, as in a running training
+            record.peak_mem_mib = peak_memory_mib(step, self.device, training_state_bytes(model, optimizer, train_batch))
+        return Runner(record, step, policy)
 
     def run(self) -> BenchmarkResult:
         environment = environment_info(self.device, self.settings.dtype)

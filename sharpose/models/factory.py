@@ -4,8 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch.nn as nn
-
+from sharpose.models.base import PoseModel
 from sharpose.models.sharpose import SHaRPose
 from sharpose.models.vitpose import ViTPose
 
@@ -13,7 +12,7 @@ _SMALL = dict(embed_dim=384, depth=12, num_heads=12, drop_path_rate=0.1)
 _BASE = dict(embed_dim=768, depth=12, num_heads=12)
 
 # released configs (AnxQ/sharpose configs/, ViTAE-Transformer/ViTPose configs/)
-MODEL_CONFIGS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+MODEL_CONFIGS: dict[str, tuple[type[PoseModel], dict[str, Any]]] = {
     "sharpose_small_256x192": (SHaRPose, dict(_SMALL, input_size=(256, 192), alpha=0.5)),
     "sharpose_small_384x288": (SHaRPose, dict(_SMALL, input_size=(384, 288), alpha=0.5)),
     "sharpose_base_256x192": (SHaRPose, dict(_BASE, input_size=(256, 192), alpha=0.4, drop_path_rate=0.1)),
@@ -29,7 +28,7 @@ def list_models() -> list[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, **overrides: Any) -> PoseModel:
     """Build a named model; keyword arguments override its configuration (e.g. alpha, backend)."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")

@@ -1,4 +1,5 @@
-"""Which coarse patches each sample refines, and the packed layout of the fine-stage sequences.
+"""Which coarse patches each sample refines, and the packed layout of the fine-stage sequences
+(docs/design.md, section 3).
 
 Everything here stays on the device: the only host-device synchronisation of a SHaRPose forward
 is where the batch splits (how many samples refine and how many patches they select in total).

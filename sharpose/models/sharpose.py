@@ -1,7 +1,7 @@
 """SHaRPose: a coarse low-resolution pass, early exit on predicted quality, and a sparse
 high-resolution pass over the patches the keypoints attend to (Wang et al., AAAI 2024).
 
-Behaviour follows the released implementation (DESIGN.md section 1): token order
+Behaviour follows the released implementation (docs/design.md, section 2): token order
 [quality, keypoints, patches], EMA of keypoint attention over layers depth//4 .. depth-1,
 ceil(alpha * N_c) selected patches, a reuse block feeding coarse outputs into their 2x2 fine
 children, unselected patches kept at their coarse input embedding, fresh keypoint tokens in the
@@ -10,29 +10,23 @@ fine stage, one shared decoder.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import BACKENDS, ops_for
+from kernels import ops_for
+from sharpose.models.base import PoseModel
 from sharpose.models.heads import QualityHead, TokenHeatmapDecoder
 from sharpose.models.inputs import check_images, is_tracing
-from sharpose.models.layers import Attention, Block, Mlp, PatchEmbed, drop_path_rates, init_vit_weights
+from sharpose.models.layers import Block, Mlp, PatchEmbed, drop_path_rates, init_vit_weights
+from sharpose.models.output import PoseOutput
 from sharpose.models.selection import FinePlan, TokenBudget, fine_children, pack_selected, plan_fine_stage
 
 SCORE_KEYPOINTS = ("released", "all")
 
 
-@dataclass
-class SHaRPoseOutput:
-    heatmaps: torch.Tensor  # (B, K, h, w): fine-stage heatmaps where refined, coarse ones where the sample exited
-    coarse_heatmaps: torch.Tensor  # (B, K, h, w)
-    quality: torch.Tensor  # (B,) predicted heatmap quality Q
-    refined: torch.Tensor  # (B,) bool: the sample ran the fine stage
-    patch_scores: torch.Tensor  # (B, N_c) float32 keypoint-attention score of each coarse patch
-    selected: torch.Tensor  # (B, k) long coarse-patch indices, best first; -1 on rows that exited
+SHaRPoseOutput = PoseOutput  # the name before both models shared one output type
 
 
 class ReuseBlock(nn.Module):
@@ -47,7 +41,10 @@ class ReuseBlock(nn.Module):
         return self.mlp(self.norm(x))
 
 
-class SHaRPose(nn.Module):
+class SHaRPose(PoseModel):
+    output_names = ("heatmaps", "coarse_heatmaps", "quality", "patch_scores", "selected")
+    has_early_exit = True
+
     # released checkpoint names (AnxQ/sharpose, mmpose layout) -> ours; the first matching rule applies
     released_key_map = (
         (r"^backbone\.pos_embed_list\.0$", "coarse_pos_embed"),
@@ -134,17 +131,12 @@ class SHaRPose(nn.Module):
         init_vit_weights(self, (self.coarse_pos_embed, self.fine_pos_embed, self.quality_token, self.keypoint_tokens))
 
     @property
-    def backend(self) -> str:
-        return self._backend
+    def score_grid(self) -> tuple[int, int]:
+        return self.coarse_grid
 
-    @backend.setter
-    def backend(self, backend: str) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        self._backend = backend
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.backend = backend
+    @property
+    def position_grids(self) -> dict[str, tuple[tuple[int, int], int]]:
+        return {"coarse_pos_embed": (self.coarse_grid, 0), "fine_pos_embed": (self.fine_grid, 0)}
 
     @property
     def score_rows(self) -> tuple[int, int]:
@@ -227,7 +219,8 @@ class SHaRPose(nn.Module):
 
     def fine_stage(self, images: torch.Tensor, coarse_embed: torch.Tensor, coarse_tokens: torch.Tensor,
                    plan: FinePlan) -> torch.Tensor:
-        """Fine-stage heatmaps of the refined samples, run as packed variable-length sequences.
+        """Fine-stage heatmaps of the refined samples, run as packed variable-length sequences laid out as
+        docs/design.md, section 3 says.
 
         Only the selected patches' fine children are patch-embedded and only their parents go through
         the reuse block; the unselected patches keep their coarse input embedding (released behaviour).

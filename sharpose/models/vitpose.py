@@ -9,14 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from sharpose.models.base import PoseModel
 from sharpose.models.heads import ClassicDecoder, SimpleDecoder
 from sharpose.models.inputs import check_images
 from sharpose.models.layers import Block, PatchEmbed, drop_path_rates, init_vit_weights
+from sharpose.models.output import PoseOutput
 
 DECODERS = {"classic": ClassicDecoder, "simple": SimpleDecoder}
 
 
-class ViTPose(nn.Module):
+class ViTPose(PoseModel):
     # released checkpoint names (mmpose layout) -> ours; the first matching rule applies
     released_key_map = (
         (r"^backbone\.last_norm\.", "norm."),
@@ -55,12 +57,16 @@ class ViTPose(nn.Module):
         self.decoder = DECODERS[decoder](embed_dim, num_keypoints)
         init_vit_weights(self, (self.pos_embed,))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> heatmaps (B, K, H/4, W/4)."""
+    @property
+    def position_grids(self) -> dict[str, tuple[tuple[int, int], int]]:
+        return {"pos_embed": (self.grid, 1)}  # the extra slot is added to every patch token
+
+    def forward(self, images: torch.Tensor) -> PoseOutput:
+        """Images (B, C, H, W) -> heatmaps (B, K, H/4, W/4), the only field of the output filled."""
         check_images(images, self.in_chans, self.input_size, "ViTPose")
         x = self.patch_embed(images)
         x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return self.decoder(x.transpose(1, 2).unflatten(2, self.grid))
+        return PoseOutput(self.decoder(x.transpose(1, 2).unflatten(2, self.grid)))

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sharpose.checkpoint import FORMAT, CheckpointError, read_checkpoint, rename_key
-from sharpose.models import SHaRPose, ViTPose
+from sharpose.models import PoseModel, SHaRPose, ViTPose
 
 
 @dataclass
@@ -90,28 +90,24 @@ def source_state(checkpoint: dict) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 def adapt_position_embeddings(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str
+    model: PoseModel, state: dict[str, torch.Tensor], source: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The state with position embeddings made to fit the model's grids; also the names resized."""
     state = dict(state)
     resized = []
-    if isinstance(model, SHaRPose):
-        grids = {"coarse_pos_embed": model.coarse_grid, "fine_pos_embed": model.fine_grid}
-        vit = state.pop("pos_embed", None)
-        for name, grid in grids.items():
-            if name in state:
-                pos = state[name][0]
-            elif vit is not None:
-                # ViTPose adds its extra slot to every patch token; MAE's is the cls token's (dropped)
-                pos = vit[0, 1:] + vit[0, :1] if source == "released ViTPose" else vit[0, 1:]
-            else:
-                continue
-            state[name] = resize_grid(pos, grid)[None]
-            resized.append(name)
-    elif isinstance(model, ViTPose) and "pos_embed" in state:
-        vit = state["pos_embed"][0]
-        state["pos_embed"] = torch.cat([vit[:1], resize_grid(vit[1:], model.grid)])[None]
-        resized.append("pos_embed")
+    grids = model.position_grids
+    # a ViT's pos_embed feeds a model that names its position embeddings otherwise (SHaRPose)
+    vit = None if "pos_embed" in grids else state.pop("pos_embed", None)
+    for name, (grid, extra) in grids.items():
+        if name in state:
+            pos = state[name][0]
+        elif vit is not None:
+            # ViTPose adds its extra slot to every patch token; MAE's is the cls token's (dropped)
+            pos = vit[0, 1:] + vit[0, :1] if source == "released ViTPose" else vit[0, 1:]
+        else:
+            continue
+        state[name] = torch.cat([pos[:extra], resize_grid(pos[extra:], grid)])[None]
+        resized.append(name)
     return state, resized
 
 

@@ -27,12 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sharpose.amp import autocast
-from sharpose.builders import build_model, build_train_dataset, build_val_dataset
 from sharpose.checkpoint import save_checkpoint
-from sharpose.config import Config, check_files, dump_config
-from sharpose.distributed import DistContext, all_reduce_mean, barrier, setup_distributed, teardown_distributed
-from sharpose.evaluation_runner import evaluate_model
+from sharpose.engine.amp import autocast
+from sharpose.engine.builders import build_model, build_train_dataset, build_val_dataset
+from sharpose.engine.config import Config, check_files, dump_config
+from sharpose.engine.distributed import DistContext, all_reduce_mean, barrier, setup_distributed, teardown_distributed
+from sharpose.evaluation.runner import evaluate_model
 from sharpose.training.init_weights import initialise_from_checkpoint
 from sharpose.training.jsonlog import JsonLinesLog
 from sharpose.training.loss import pose_loss

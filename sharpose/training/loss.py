@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sharpose.evaluation import heatmap_oks
-from sharpose.models import SHaRPoseOutput
+from sharpose.models import PoseOutput
 
 
 @dataclass
@@ -27,7 +27,7 @@ def joints_mse_loss(heatmaps: torch.Tensor, target: torch.Tensor, target_weight:
     return ((heatmaps.float() - target.float()) * weight).square().mean()
 
 
-def pose_loss(output: SHaRPoseOutput | torch.Tensor, batch: Mapping[str, torch.Tensor], *,
+def pose_loss(output: PoseOutput, batch: Mapping[str, torch.Tensor], *,
               quality_lambda: float = 0.0, input_size: tuple[int, int] | None = None) -> LossOutput:
     """The training loss of either model for a collated batch ('target', 'target_weight', 'joints', 'scale').
 
@@ -38,8 +38,8 @@ def pose_loss(output: SHaRPoseOutput | torch.Tensor, batch: Mapping[str, torch.T
     gets a (zero) gradient, which DistributedDataParallel without find_unused_parameters needs.
     """
     target, weight = batch["target"], batch["target_weight"]
-    if isinstance(output, torch.Tensor):
-        loss = joints_mse_loss(output, target, weight)
+    if output.quality is None:  # a model without early exit: one stage, no quality to learn
+        loss = joints_mse_loss(output.heatmaps, target, weight)
         return LossOutput(loss, {"heatmap_loss": loss.detach()})
 
     coarse = joints_mse_loss(output.coarse_heatmaps, target, weight)

@@ -23,7 +23,7 @@ import yaml
 
 from sharpose.data import Augmentation
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
 
 
 class ConfigError(ValueError):

@@ -19,15 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from sharpose.amp import autocast
 from sharpose.data import TopDownDataset
+from sharpose.engine.amp import autocast
+from sharpose.engine.distributed import DistContext, gather_to_main
 from sharpose.evaluation import decode_heatmaps, flip_back_heatmaps
-from sharpose.models import SHaRPose, SHaRPoseOutput
-from sharpose.distributed import DistContext, gather_to_main
+from sharpose.models import PoseModel, PoseOutput
 
 
 @dataclass
@@ -54,7 +53,7 @@ class CropPredictions:
         return self.keypoints[rows, refined[:, 0], flipped], float(1.0 - refined.mean())
 
 
-def stage_heatmaps(model: nn.Module, images: torch.Tensor, flip_pairs: Sequence[Sequence[int]],
+def stage_heatmaps(model: PoseModel, images: torch.Tensor, flip_pairs: Sequence[Sequence[int]],
                    flip_test: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Heatmaps (B, S, F, K, h, w) of every stage combination (float32) and the quality (B, C) or None.
 
@@ -69,10 +68,9 @@ def stage_heatmaps(model: nn.Module, images: torch.Tensor, flip_pairs: Sequence[
     return combined, None if quality is None else torch.cat([quality, flipped_quality], dim=1)
 
 
-def _stages(output: SHaRPoseOutput | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(output, torch.Tensor):
-        return output.float()[:, None], None
-    return torch.stack([output.coarse_heatmaps, output.heatmaps], dim=1).float(), output.quality.float()[:, None]
+def _stages(output: PoseOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    quality = None if output.quality is None else output.quality.float()[:, None]
+    return output.stage_heatmaps().float(), quality
 
 
 def decode_stages(heatmaps: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
@@ -89,23 +87,19 @@ def decode_stages(heatmaps: torch.Tensor, center: torch.Tensor, scale: torch.Ten
 
 
 @contextlib.contextmanager
-def every_stage(model: nn.Module) -> Iterator[None]:
+def every_stage(model: PoseModel) -> Iterator[None]:
     """Eval mode with SHaRPose's early exit off (threshold +inf); restores mode and threshold after."""
     was_training = model.training
-    threshold = getattr(model, "qp_threshold", None)
     model.eval()
-    if isinstance(model, SHaRPose):
-        model.qp_threshold = math.inf
     try:
-        yield
+        with model.exit_policy(qp_threshold=math.inf):
+            yield
     finally:
         model.train(was_training)
-        if isinstance(model, SHaRPose):
-            model.qp_threshold = threshold
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: TopDownDataset, ctx: DistContext, *, batch_size: int, workers: int,
+def predict(model: PoseModel, dataset: TopDownDataset, ctx: DistContext, *, batch_size: int, workers: int,
             flip_test: bool, blur_kernel: int, amp: str = "none", progress: bool = False) -> CropPredictions | None:
     """Run `model` (not DDP-wrapped) over `dataset`, each process over its share (indices rank::world);
     the main process gets every sample's predictions, the others None."""

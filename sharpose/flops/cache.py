@@ -9,11 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
-
-from sharpose.benchmark.records import first_line
-from sharpose.models.sharpose import SHaRPose
-from sharpose.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.flops.counting import count_gflops
+from sharpose.flops.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.models import PoseModel
 
 
 def mean_gflops(full: float, coarse: float, exit_rate: float) -> float:
@@ -29,7 +27,8 @@ def flop_ratio_limit(vitpose_gflops: float, sharpose_gflops: float) -> float:
 def source_fingerprint() -> str:
     """Hash of the code a FLOP count depends on: cached counts go stale when it changes."""
     root = Path(__file__).resolve().parent.parent  # the sharpose package
-    files = sorted((root / "models").glob("*.py")) + [root / "flops.py", root.parent / "kernels" / "reference.py"]
+    files = sorted((root / "models").glob("*.py"))
+    files += [root / "flops" / "counting.py", root.parent / "kernels" / "reference.py"]
     digest = hashlib.sha256()
     for path in files:
         if path.exists():
@@ -41,7 +40,7 @@ class FlopCounter:
     """fvcore GFLOPs per image, cached per configuration, in memory and optionally in a JSON file.
 
     Without fvcore (e.g. on the GPU image), the named default configurations fall back to the
-    released code's counts (`sharpose.published`), and the source is reported as such.
+    released code's counts (`sharpose.flops.published`), and the source is reported as such.
     """
 
     def __init__(self, cache_path: Path | None = None) -> None:
@@ -64,18 +63,18 @@ class FlopCounter:
     def source(self) -> str:
         return "fvcore" if self.fvcore_available() else "released code (fvcore not installed)"
 
-    def gflops(self, name: str, overrides: dict[str, Any], model: nn.Module, refine: bool = True) -> float | None:
+    def gflops(self, name: str, overrides: dict[str, Any], model: PoseModel, refine: bool = True) -> float | None:
         """GFLOPs of one image through `model` (a CPU float32 instance of `name` with `overrides`)."""
         key = json.dumps([name, sorted(overrides.items()), refine], default=str)
         if key in self.entries:
             return self.entries[key]
         if not self.fvcore_available():
             return published_gflops(name, overrides, refine)
-        from sharpose.flops import count_gflops
-
         try:
-            count = count_gflops(model, refine=refine) if isinstance(model, SHaRPose) else count_gflops(model)
+            count = count_gflops(model, refine=refine)
         except Exception as error:  # noqa: BLE001 - a failed trace costs the GFLOPs column, not the run
+            from sharpose.benchmark.records import first_line  # here: sharpose.benchmark imports this module
+
             self.failures.append(f"fvcore could not count {name} (refine={refine}): {type(error).__name__}: "
                                  f"{first_line(error)}")
             return None

@@ -1,7 +1,7 @@
 """Published figures (papers) and counts of the released code, for side-by-side tables and checks.
 
 Released-code figures are fvcore counts of AnxQ/sharpose and ViTAE-Transformer/ViTPose
-(DESIGN.md sections 2 and 2b); paper figures from SHaRPose (AAAI 2024) Tables 1 and 6.
+(docs/design.md, section 5); paper figures from SHaRPose (AAAI 2024) Tables 1 and 6.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ RELEASED_SHARPOSE = {
     "sharpose_base_384x288": (118_543_489, 32.713, 11.975),
 }
 
-# (name, decoder): (params in millions, GFLOPs), DESIGN.md section 2b. Its "simple" row counts a 1x1 final
+# (name, decoder): (params in millions, GFLOPs), docs/design.md section 5. Its "simple" row counts a 1x1 final
 # conv; the released config (final_conv_kernel=3), mmpose's head and HF's VitPoseSimpleDecoder use 3x3,
 # which adds 768 * 17 * 8 weights and, on the 64x48 heatmap, 64 * 48 * 768 * 17 * 8 multiply-adds.
 RELEASED_VITPOSE = {
@@ -45,12 +45,3 @@ ALPHA_SWEEP = {
     ("sharpose_base_384x288", 0.5): (38.66, 38.9),
 }
 
-# paper Table 1 throughput, RTX 3090, fp32: name: FPS
-PAPER_FPS = {
-    "sharpose_base_256x192": 392.8,
-    "vitpose_base_256x192": 340.2,
-    "sharpose_base_384x288": 196.6,
-    "vitpose_base_384x288": 143.3,
-    "sharpose_small_256x192": 498.3,
-    "vitpose_small_256x192": 360.3,
-}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from sharpose.config import Config, ConfigError
 from sharpose.data import CocoTopDownDataset, MpiiTopDownDataset, TopDownDataset
+from sharpose.engine.config import Config, ConfigError
 from sharpose.models import create_model
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn as nn
 
-from sharpose.builders import build_model, build_val_dataset
 from sharpose.checkpoint import load_checkpoint
-from sharpose.config import Config, ConfigError, check_files
 from sharpose.data import TopDownDataset, load_json
-from sharpose.distributed import DistContext, setup_distributed, teardown_distributed
+from sharpose.engine.builders import build_model, build_val_dataset
+from sharpose.engine.config import Config, ConfigError, check_files
+from sharpose.engine.distributed import DistContext, setup_distributed, teardown_distributed
 from sharpose.evaluation import (
     coco_results,
     evaluate_coco_results,
@@ -31,8 +30,8 @@ from sharpose.evaluation import (
     mpii_pckh,
     write_coco_results,
 )
-from sharpose.inference import CropPredictions, predict
-from sharpose.models import SHaRPose
+from sharpose.evaluation.inference import CropPredictions, predict
+from sharpose.models import PoseModel
 
 
 class Scorer:
@@ -76,7 +75,7 @@ class Scorer:
         return mpii_pckh(keypoints[..., :2], records.joints[idx], records.visible[idx], self.head_sizes[idx])
 
 
-def evaluate_model(model: nn.Module, dataset: TopDownDataset, config: Config, ctx: DistContext, *,
+def evaluate_model(model: PoseModel, dataset: TopDownDataset, config: Config, ctx: DistContext, *,
                    output_dir: str | os.PathLike | None = None, sweep: bool = True,
                    progress: bool = False) -> dict[str, Any] | None:
     """Evaluate `model` (not DDP-wrapped; every process takes part) on `dataset`.
@@ -95,9 +94,8 @@ def evaluate_model(model: nn.Module, dataset: TopDownDataset, config: Config, ct
         return None
     scorer = Scorer(config, dataset)
     report: dict[str, Any] = {"metric": scorer.metric, "num_samples": len(predictions.indices)}
-    threshold = math.inf
-    if isinstance(model, SHaRPose):
-        threshold = ev.qp_threshold if ev.qp_threshold is not None else model.qp_threshold
+    threshold = ev.qp_threshold if ev.qp_threshold is not None else model.qp_threshold
+    if predictions.quality is not None:  # a model with early exit
         report["qp_threshold"] = threshold
     keypoints, exit_rate = predictions.at_threshold(threshold)
     report["metrics"] = scorer.score(predictions, keypoints)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sharpose
-from sharpose.flops import count_gflops, count_params
-from sharpose.published import ALPHA_SWEEP, PAPER, RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.flops.counting import count_gflops, count_params
+from sharpose.flops.published import ALPHA_SWEEP, PAPER, RELEASED_SHARPOSE, RELEASED_VITPOSE
 
 NOTES = """\
 Counted with fvcore at batch 1: a multiply-add is one FLOP; attention matmuls, layer norms and
@@ -17,7 +17,7 @@ Why SHaRPose's figures are lower than the released code's:
   reuse block only on their parents; the released code does both for every patch, then discards the
   unselected ones (e.g. Base 256x192: 112 fine patch embeddings and 28 reuse MLPs fewer, -0.20 GFLOPs).
 - exit after coarse: the released code runs the decoder a second time on exited samples' coarse tokens.
-ViTPose-B simple: DESIGN.md lists 85.81M / 17.17 GFLOPs, the figures of a 1x1 final conv; the released
+ViTPose-B simple: docs/design.md lists 85.81M / 17.17 GFLOPs, the figures of a 1x1 final conv; the released
 config (final_conv_kernel=3), mmpose's head and HF's VitPoseSimpleDecoder use a 3x3 conv, as we do."""
 
 
