@@ -81,22 +81,42 @@ def plan_fine_stage(
     return FinePlan(rows, order, counts, total_selected, packed)
 
 
+def rank_patches(patch_scores: torch.Tensor) -> torch.Tensor:
+    """(B, N_c) coarse patches of each sample, best first: higher score first, the lower patch index
+    first among equal scores.
+
+    A stable sort makes the tie rule part of the result, so identical scores always give the same
+    selection; a plain argsort may order equal keys differently from one launch (or device) to the next.
+    """
+    return patch_scores.argsort(dim=1, descending=True, stable=True)
+
+
+def refined_rows(refined: torch.Tensor, num_refined: int) -> torch.Tensor:
+    """(num_refined,) batch rows whose `refined` flag is set, in batch order, without nonzero()'s own
+    sync (num_refined comes from the forward's one host read)."""
+    return refined.logical_not().to(torch.uint8).argsort(stable=True)[:num_refined]
+
+
+def selected_slots(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total,) sample and rank within that sample's selection of every selected patch, sample-major:
+    sample i contributes ranks 0 .. counts[i] - 1. No host sync (`total` = counts.sum() is known)."""
+    sample = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts, output_size=total)
+    rank = torch.arange(total, device=counts.device) - (counts.cumsum(0) - counts)[sample]
+    return sample, rank
+
+
 def pack_selected(order: torch.Tensor, counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten each sample's selected patches (the first counts[i] of order[i]) into (total,) sample
-    and patch indices, sample-major, without a host sync: unselected entries go to a spare slot."""
-    R, N = order.shape
-    rank = torch.arange(N, device=order.device)
-    start = counts.cumsum(0) - counts
-    dest = torch.where(rank < counts[:, None], start[:, None] + rank, total).flatten()
-    sample = torch.arange(R, device=order.device)[:, None].expand(R, N).flatten()
-    packed_sample = sample.new_zeros(total + 1).scatter_(0, dest, sample)[:total]
-    packed_patch = order.new_zeros(total + 1).scatter_(0, dest, order.flatten())[:total]
-    return packed_sample, packed_patch
+    and patch indices, sample-major, without a host sync."""
+    sample, rank = selected_slots(counts, total)
+    return sample, order[sample, rank]
 
 
 def fine_children(coarse_patch: torch.Tensor, coarse_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fine-grid (row, column) of the 2x2 children of coarse patches: (S,) -> two (S, 4), child c = 2 dy + dx."""
+    """Fine-grid (row, column) of the 2x2 children of coarse patches: (S,) -> two (S, 4), child c = 2 dy + dx.
+
+    The child offsets come from arange on the device: a tensor built from a Python list would be a
+    host-to-device copy on every call (a sync, and impossible inside a CUDA graph)."""
     wc = coarse_grid[1]
-    dy = torch.tensor([0, 0, 1, 1], device=coarse_patch.device)
-    dx = torch.tensor([0, 1, 0, 1], device=coarse_patch.device)
-    return (coarse_patch // wc * 2)[:, None] + dy, (coarse_patch % wc * 2)[:, None] + dx
+    child = torch.arange(4, device=coarse_patch.device)
+    return (coarse_patch // wc * 2)[:, None] + child // 2, (coarse_patch % wc * 2)[:, None] + child % 2
