@@ -85,10 +85,19 @@ def rank_patches(patch_scores: torch.Tensor) -> torch.Tensor:
     """(B, N_c) coarse patches of each sample, best first: higher score first, the lower patch index
     first among equal scores.
 
-    A stable sort makes the tie rule part of the result, so identical scores always give the same
-    selection; a plain argsort may order equal keys differently from one launch (or device) to the next.
+    The position of patch i is counted, not sorted: the patches scoring higher, plus those scoring the
+    same with a lower index. The tie rule is then part of the arithmetic, so identical scores give
+    the same selection on every run and device (an unstable sort may order equal keys either way),
+    positions are distinct (a permutation, written by an exact scatter), and the result exports to
+    ONNX, whose Sort has no stable mode. N_c^2 comparisons per sample, with N_c at most a few hundred.
+    The scores must be free of NaN (which compares unequal to everything).
     """
-    return patch_scores.argsort(dim=1, descending=True, stable=True)
+    B, N = patch_scores.shape
+    index = torch.arange(N, device=patch_scores.device)
+    mine, other = patch_scores[:, :, None], patch_scores[:, None, :]
+    earlier = index[None, :] < index[:, None]  # (i, j): j comes before i on equal scores
+    position = ((other > mine) | ((other == mine) & earlier)).sum(2)
+    return torch.empty_like(position).scatter_(1, position, index.expand(B, N))
 
 
 def refined_rows(refined: torch.Tensor, num_refined: int) -> torch.Tensor:
