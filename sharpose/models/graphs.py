@@ -92,6 +92,7 @@ class GraphedSHaRPose:
     def _capture(self, warmup: int) -> None:
         pool = torch.cuda.graph_pool_handle()
         self.coarse_graph, self.coarse = self._record(lambda: self.model.coarse_stage(self.images), pool, warmup)
+        self.coarse_graph.replay()  # capture runs nothing: the fine stage's warm-up needs a valid ranking
         self.fine: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         # largest first, so that the smaller buckets fit in the memory the larger one left in the pool;
         # only one fine graph runs per call and its output is read before the next replay
