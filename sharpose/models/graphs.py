@@ -98,7 +98,7 @@ class GraphedSHaRPose:
         # only one fine graph runs per call and its output is read before the next replay
         for bucket in reversed(self.buckets):
             rows = torch.zeros(bucket, dtype=torch.long, device=self.images.device)
-            graph, out = self._record(lambda: self._fine_stage(self.coarse, rows), pool, warmup)
+            graph, out = self._record(lambda rows=rows: self._fine_stage(self.coarse, rows), pool, warmup)
             self.fine[bucket] = (graph, rows, out)
 
     @staticmethod
