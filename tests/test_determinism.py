@@ -35,6 +35,11 @@ def test_tie_rule_holds_on_long_rows():
         assert (order[:, :-1][ties] < order[:, 1:][ties]).all()
 
 
+def test_nan_scores_rank_last_and_the_ranking_stays_a_permutation():
+    scores = torch.tensor([[0.2, math.nan, 0.7, math.nan, -math.inf, math.inf]])
+    assert rank_patches(scores).tolist() == [[5, 2, 0, 1, 3, 4]]
+
+
 @pytest.mark.parametrize("n", [1, 2, 48, 108])
 def test_ranking_is_a_stable_descending_sort(n):
     """The counted ranking agrees with the stable sort it replaces (which ONNX cannot export)."""

@@ -5,6 +5,7 @@ is where the batch splits (how many samples refine and how many patches they sel
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,11 +91,12 @@ def rank_patches(patch_scores: torch.Tensor) -> torch.Tensor:
     the same selection on every run and device (an unstable sort may order equal keys either way),
     positions are distinct (a permutation, written by an exact scatter), and the result exports to
     ONNX, whose Sort has no stable mode. N_c^2 comparisons per sample, with N_c at most a few hundred.
-    The scores must be free of NaN (which compares unequal to everything).
+    A NaN score ranks as -inf (NaN compares unequal to everything, which would break the count).
     """
     B, N = patch_scores.shape
     index = torch.arange(N, device=patch_scores.device)
-    mine, other = patch_scores[:, :, None], patch_scores[:, None, :]
+    scores = torch.where(patch_scores.isnan(), -math.inf, patch_scores)
+    mine, other = scores[:, :, None], scores[:, None, :]
     earlier = index[None, :] < index[:, None]  # (i, j): j comes before i on equal scores
     position = ((other > mine) | ((other == mine) & earlier)).sum(2)
     return torch.empty_like(position).scatter_(1, position, index.expand(B, N))
