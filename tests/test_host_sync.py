@@ -85,3 +85,22 @@ def test_early_exit_forward_reads_back_exactly_once(backend, token_budget, devic
             out = model(images)
     assert traffic.uploads == traffic.syncs == [] and len(traffic.reads) == 1, traffic.events
     assert 0 < int(out.refined.sum()) < 4
+
+
+def test_static_fine_stage_work_is_queued_before_the_host_sync(monkeypatch):
+    """The reuse block and the fine patch embedding depend on no host-side size, so the forward
+    queues them before it waits on the device: the device has work while the host reads."""
+    model = small_model("reference", torch.device("cpu"))
+    images = torch.randn(4, 3, 256, 192)
+    model.qp_threshold = math.inf
+    with torch.no_grad():
+        model.qp_threshold = model(images).quality.median().item()
+    events = []
+    model.reuse.register_forward_hook(lambda *_: events.append("reuse block"))
+    for name, event in (("embed_fine_children", "fine patch embedding"), ("fetch_sizes", "host sync"),
+                        ("fine_stage", "fine stage")):
+        method = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda *a, method=method, event=event: events.append(event) or method(*a))
+    with torch.no_grad():
+        model(images)
+    assert events == ["reuse block", "fine patch embedding", "host sync", "fine stage"]
