@@ -262,6 +262,7 @@ class SHaRPose(nn.Module):
         return num_refined, total
 
     def outputs(self, coarse: CoarseStage, refined: torch.Tensor, heatmaps: torch.Tensor) -> SHaRPoseOutput:
+        """The forward's result from its parts; `selected` holds -1 past a sample's count and on exited rows."""
         rank = torch.arange(self.token_budget.k_max, device=refined.device)
         chosen = refined[:, None] & (rank < coarse.counts[:, None])
         selected = torch.where(chosen, coarse.order[:, : self.token_budget.k_max], -1)
