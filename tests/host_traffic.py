@@ -4,8 +4,8 @@
   uploads - tensors built from Python data (torch.tensor / as_tensor / asarray / from_numpy /
             new_tensor): on CUDA each is a pageable host-to-device copy that synchronises and cannot
             be recorded in a CUDA graph;
-  reads   - values read back to the host (.item(), .tolist(), .numpy(), bool/int/float/index of a
-            tensor, and any scalar read an op makes internally);
+  reads   - values read back to the host (.item(), .tolist(), .numpy(), .cpu(), .to("cpu"),
+            bool/int/float/index of a tensor, and any scalar read an op makes internally);
   syncs   - ops whose output size depends on tensor values (nonzero, masked_select, boolean-mask
             indexing, repeat_interleave without output_size).
 Each event is "name at file:line" of the first caller outside torch and this module.
@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 UPLOADS = {"tensor", "as_tensor", "asarray", "new_tensor"}
-READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"}
+READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"}
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
@@ -50,6 +50,12 @@ def _in_cpu_only_validation() -> bool:
     return False
 
 
+def _to_cpu(args: tuple, kwargs: dict) -> bool:
+    """Tensor.to(...) names the CPU as its target device."""
+    targets = list(args[:1]) + [kwargs.get("device")]
+    return any(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets)
+
+
 class _FunctionLevel(TorchFunctionMode):
     def __init__(self, traffic: HostTraffic) -> None:
         super().__init__()
@@ -62,7 +68,7 @@ class _FunctionLevel(TorchFunctionMode):
             data = args[1] if name == "new_tensor" else (args[0] if args else kwargs.get("data"))
             if not isinstance(data, torch.Tensor):
                 self.traffic.record("uploads", name)
-        elif name in READS:
+        elif name in READS or (name == "to" and _to_cpu(args[1:], kwargs)):
             self.traffic.record("reads", name)
             self.traffic.in_read += 1  # the scalar read underneath is this same read
             try:

@@ -21,11 +21,13 @@ def test_counter_sees_each_kind_of_traffic_once():
         t[0].item()
         bool(t.any())
         int(t[1])
+        t.cpu()
+        t.to("cpu", torch.float32)
         t.nonzero()
         t[t > 2]
         torch.repeat_interleave(t, t)
     assert len(traffic.uploads) == 4
-    assert len(traffic.reads) == 4  # each read once, not again for the scalar read underneath
+    assert len(traffic.reads) == 6  # each read once, not again for the scalar read underneath
     assert len(traffic.syncs) == 3
     assert all("test_host_sync.py:" in event for event in traffic.events)  # named by the calling line
 
@@ -38,6 +40,7 @@ def test_counter_ignores_device_side_work():
         torch.repeat_interleave(t, t, output_size=15)
         t[t[:2]]  # a gather with an index tensor
         torch.where(t > 2, t, -1) * 0.5
+        t.to(torch.float16), t.to(t)
     assert traffic.events == []
 
 
