@@ -64,6 +64,9 @@ class GraphedSHaRPose:
     may change after capture; the weights, backend and dtype are those at capture. Outputs are new
     tensors, not views of the graphs' memory. Needs the fixed token budget (an adaptive budget's
     sequence lengths depend on the image) and an eval-mode model.
+
+    capture: record the graphs (default: when the model is on CUDA); False runs the same steps
+    eagerly. warmup: eager runs of each part before its capture (compiles the Triton kernels).
     """
 
     def __init__(self, model: SHaRPose, batch_size: int, capture: bool | None = None, warmup: int = 2) -> None:
