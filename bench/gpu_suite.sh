@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one call, the step time limits totalling 550 s by default:
-#   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed)
+#   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed), then
+#      bench/gpu_checks.py: the capturable forward under sync debug mode "error", and CUDA graphs with
+#      early exit replayed at exit rates 0, 0.3 and 0.6 against eager
 #   2. bench/bench_attention.py and bench/bench_composition.py (triton.testing.do_bench)
 #   3. bench/throughput.py: bf16 at batch 256 (the target run, with CUDA graphs, transformers' VitPose
 #      when installed, and a plot), bf16 at batch 64, bf16-autocast training steps of the Base pair at
@@ -12,8 +14,8 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR
 #
-# Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_KERNELS_S (each kernel script),
-# SUITE_BF16_256_S, SUITE_BF16_64_S, SUITE_TRAIN_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is added to
+# Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_CHECKS_S, SUITE_KERNELS_S (each kernel
+# script), SUITE_BF16_256_S, SUITE_BF16_64_S, SUITE_TRAIN_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is added to
 # every throughput run. Wheels in .whl/ at the repository root (bench/offline_wheels.sh: fvcore for the
 # GFLOPs column, pycocotools) are installed first when that folder exists, for machines with no package index.
 set -u
@@ -61,13 +63,15 @@ step() {
 } 2>&1 | tee -a "$SUMMARY" "$LOG"
 
 KERNEL_TESTS="tests/test_backend.py tests/test_fused_attention.py tests/test_varlen_attention.py
-  tests/test_token_composition.py tests/test_model_triton.py tests/test_throughput.py"
+  tests/test_token_composition.py tests/test_model_triton.py tests/test_throughput.py
+  tests/test_host_sync.py tests/test_determinism.py tests/test_cuda_graphs.py"
 PARALLEL=""
 "$PYTHON" -c "import xdist" 2>/dev/null && PARALLEL="-n 8"
 # shellcheck disable=SC2086
-step pytest "${SUITE_PYTEST_S:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
+step pytest "${SUITE_PYTEST_S:-120}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
+step gpu_checks "${SUITE_CHECKS_S:-60}" "$PYTHON" bench/gpu_checks.py
 for script in bench_attention bench_composition; do
-  step "$script" "${SUITE_KERNELS_S:-60}" "$PYTHON" "bench/$script.py"
+  step "$script" "${SUITE_KERNELS_S:-50}" "$PYTHON" "bench/$script.py"
 done
 # throughput RUN LIMIT ARGS...: one bench/throughput.py run writing OUT_DIR/throughput_RUN.json
 throughput() {
@@ -82,7 +86,7 @@ throughput bf16_256 "${SUITE_BF16_256_S:-110}" --dtype bf16 --batch-size 256 --c
 throughput bf16_64 "${SUITE_BF16_64_S:-50}" --dtype bf16 --batch-size 64 --cuda-graphs --no-hf
 throughput train_bf16 "${SUITE_TRAIN_S:-50}" --train --dtype bf16 --resolution 256x192 --batch-size 64 \
   --warmup 2 --iters 8
-throughput fp32 "${SUITE_FP32_S:-70}" --dtype fp32 --batch-size 64,256 --warmup 2 --iters 8 --no-hf
+throughput fp32 "${SUITE_FP32_S:-60}" --dtype fp32 --batch-size 64,256 --warmup 2 --iters 8 --no-hf
 rm -f "$OUT_DIR/.flops.json"
 
 # the throughput tables, from the JSON files the runs wrote

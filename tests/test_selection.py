@@ -1,11 +1,10 @@
 """Token budgets, selection packing, and the sparse fine stage's control flow."""
-import inspect
 import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from host_traffic import HostTraffic
 from sharpose import create_model
 from sharpose.models.selection import TokenBudget, fine_children, pack_selected
 
@@ -76,50 +75,6 @@ def test_adaptive_budget_runs_each_sample_as_its_own_sequence():
             torch.testing.assert_close(single.heatmaps[0], out.heatmaps[i], rtol=1e-4, atol=1e-5)
 
 
-def in_cpu_only_validation() -> bool:
-    """The ops validate input values on CPU tensors only (free there); those reads are not model syncs."""
-    return any(frame.function.startswith("_check_") and frame.function.endswith("_values") for frame in inspect.stack())
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts ops that make the host wait for the device: scalar reads, nonzero, boolean-mask indexing,
-    repeat_interleave without an output size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.syncs: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if in_cpu_only_validation():
-            return func(*args, **kwargs)
-        name = str(func)
-        if "_local_scalar_dense" in name or "nonzero" in name or "masked_select" in name:
-            self.syncs.append(name)
-        if "repeat_interleave" in name and kwargs.get("output_size") is None:
-            self.syncs.append(name)
-        if name.startswith("aten.index.Tensor") and any(
-            t is not None and t.dtype == torch.bool for t in args[1]
-        ):
-            self.syncs.append(name)
-        return func(*args, **kwargs)
-
-
-@pytest.fixture
-def tolist_calls(monkeypatch) -> list:
-    """The shapes of the tensors read with .tolist() (the model's one batched host read)."""
-    calls = []
-    original = torch.Tensor.tolist
-
-    def counted_tolist(tensor: torch.Tensor) -> list:
-        if not in_cpu_only_validation():
-            calls.append(tensor.shape)
-        return original(tensor)
-
-    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
-    return calls
-
-
 def median_threshold(model, images: torch.Tensor) -> float:
     """A threshold at which some but not all of the batch exits."""
     model.qp_threshold = math.inf
@@ -129,14 +84,13 @@ def median_threshold(model, images: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("token_budget", ["fixed", "adaptive"])
 @pytest.mark.parametrize("exit_some", [False, True])
-def test_one_host_sync_per_forward(tolist_calls, token_budget, exit_some):
+def test_one_host_sync_per_forward(token_budget, exit_some):
     model = small_model(token_budget=token_budget)
     images = torch.randn(4, 3, 256, 192)
     model.qp_threshold = median_threshold(model, images) if exit_some else math.inf
-    tolist_calls.clear()
-    with torch.no_grad(), SyncCounter() as counter:
+    with torch.no_grad(), HostTraffic() as traffic:
         out = model(images)
-    assert counter.syncs == [] and len(tolist_calls) == 1
+    assert traffic.uploads == traffic.syncs == [] and len(traffic.reads) == 1
     assert 0 < int(out.refined.sum()) < 4 if exit_some else out.refined.all()
 
 
@@ -146,7 +100,7 @@ def test_one_host_sync_per_forward(tolist_calls, token_budget, exit_some):
     ("fixed", True, True, True),  # training refines every sample whatever the threshold
     ("adaptive", False, False, False),
 ])
-def test_capturable_forward_never_syncs(monkeypatch, tolist_calls, token_budget, exit_some, training, capturable):
+def test_capturable_forward_never_syncs(monkeypatch, token_budget, exit_some, training, capturable):
     """`model.capturable` promises a forward a CUDA graph can record: with the input check off (as while
     capturing or tracing) it reads nothing back from the device; otherwise it must read its sizes."""
     model = small_model(token_budget=token_budget)
@@ -154,12 +108,11 @@ def test_capturable_forward_never_syncs(monkeypatch, tolist_calls, token_budget,
     model.qp_threshold = median_threshold(model, images) if exit_some else math.inf
     model.train(training)
     monkeypatch.setattr("sharpose.models.sharpose.is_tracing", lambda: True)
-    tolist_calls.clear()
-    with torch.no_grad(), SyncCounter() as counter:
+    with torch.no_grad(), HostTraffic() as traffic:
         model(images)
     assert model.capturable == capturable
-    assert counter.syncs == []
-    assert len(tolist_calls) == (0 if capturable else 1)
+    assert traffic.uploads == traffic.syncs == []
+    assert len(traffic.reads) == (0 if capturable else 1)
 
 
 @pytest.mark.parametrize("qp_threshold", [-math.inf, math.inf])

@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                         help=f"SHaRPose token budgets among {','.join(TOKEN_BUDGETS)} (default fixed)")
     parser.add_argument("--warmup", type=int, help="warm-up rounds (default 1 on CPU, 5 on GPU)")
     parser.add_argument("--iters", type=int, help="timed rounds, median reported (default 5 on CPU, 20 on GPU)")
-    parser.add_argument("--cuda-graphs", action="store_true", help="also time each case replayed as a CUDA graph")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time each case replayed from CUDA graphs (early exit: around its one host sync)")
     parser.add_argument("--compile", action="store_true",
                         help="also time each case under torch.compile (static shapes, compiled while preparing)")
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers' VitPose peer")

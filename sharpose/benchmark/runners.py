@@ -14,8 +14,10 @@ import torch
 import torch.nn as nn
 
 from sharpose.benchmark.records import MODES, Record, Unavailable, first_line
+from sharpose.models.graphs import GraphedSHaRPose
 from sharpose.models.heads import SimpleDecoder
 from sharpose.models.output import PoseOutput
+from sharpose.models.sharpose import SHaRPose
 from sharpose.models.vitpose import ViTPose
 
 
@@ -109,8 +111,7 @@ def peak_memory_mib(call: Callable[[], Any], device: torch.device, resident: int
 
 
 def capture_cuda_graph(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Record `call` into a CUDA graph; raises Unavailable when the forward cannot be captured
-    (SHaRPose synchronises with the host on how many samples refine)."""
+    """Record a whole forward `call` into one CUDA graph; raises Unavailable when it cannot be captured."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
@@ -127,12 +128,26 @@ def capture_cuda_graph(call: Callable[[], Any]) -> Callable[[], Any]:
     return graph.replay
 
 
+def graphed_sharpose(model: SHaRPose, images: torch.Tensor) -> Callable[[], Any]:
+    """A SHaRPose forward with early exit as CUDA graphs around its one host sync: the coarse stage and
+    one fine-stage graph per bucket of refined-sample counts (sharpose.models.graphs)."""
+    try:
+        graphed = GraphedSHaRPose(model, images.shape[0])
+    except ValueError as error:  # e.g. the adaptive budget, whose fine-stage shapes depend on the image
+        raise Unavailable(first_line(error)) from error
+    except Exception as error:  # noqa: BLE001 - any capture failure makes the case unavailable
+        raise Unavailable(f"CUDA graph capture failed: {type(error).__name__}: {first_line(error)}") from error
+    return lambda: graphed(images)
+
+
 def with_mode(call: Callable[[], Any], model: nn.Module, images: torch.Tensor, mode: str) -> Callable[[], Any]:
     if mode == "eager":
         return call
     if mode == "cuda_graph":
         if images.device.type != "cuda":
             raise Unavailable("CUDA graphs need a CUDA device")
+        if model.has_early_exit and not model.capturable:  # early exit: sync between graphs
+            return graphed_sharpose(model, images)
         return capture_cuda_graph(call)
     if mode == "compile":
         # static shapes: each case (batch, number of refined samples, threshold) gets its own graph, compiled

@@ -6,6 +6,7 @@ is where the batch splits (how many samples refine and how many patches they sel
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,22 +83,52 @@ def plan_fine_stage(
     return FinePlan(rows, order, counts, total_selected, packed)
 
 
+def rank_patches(patch_scores: torch.Tensor) -> torch.Tensor:
+    """(B, N_c) coarse patches of each sample, best first: higher score first, the lower patch index
+    first among equal scores.
+
+    The position of patch i is counted, not sorted: the patches scoring higher, plus those scoring the
+    same with a lower index. The tie rule is then part of the arithmetic, so identical scores give
+    the same selection on every run and device (an unstable sort may order equal keys either way),
+    positions are distinct (a permutation, written by an exact scatter), and the result exports to
+    ONNX, whose Sort has no stable mode. N_c^2 comparisons per sample, with N_c at most a few hundred.
+    A NaN score ranks as -inf (NaN compares unequal to everything, which would break the count).
+    """
+    B, N = patch_scores.shape
+    index = torch.arange(N, device=patch_scores.device)
+    scores = torch.where(patch_scores.isnan(), -math.inf, patch_scores)
+    mine, other = scores[:, :, None], scores[:, None, :]
+    earlier = index[None, :] < index[:, None]  # (i, j): j comes before i on equal scores
+    position = ((other > mine) | ((other == mine) & earlier)).sum(2)
+    return torch.empty_like(position).scatter_(1, position, index.expand(B, N))
+
+
+def refined_rows(refined: torch.Tensor, num_refined: int) -> torch.Tensor:
+    """(num_refined,) batch rows whose `refined` flag is set, in batch order, without nonzero()'s own
+    sync (num_refined comes from the forward's one host read)."""
+    return refined.logical_not().to(torch.uint8).argsort(stable=True)[:num_refined]
+
+
+def selected_slots(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total,) sample and rank within that sample's selection of every selected patch, sample-major:
+    sample i contributes ranks 0 .. counts[i] - 1. No host sync (`total` = counts.sum() is known)."""
+    sample = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts, output_size=total)
+    rank = torch.arange(total, device=counts.device) - (counts.cumsum(0) - counts)[sample]
+    return sample, rank
+
+
 def pack_selected(order: torch.Tensor, counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten each sample's selected patches (the first counts[i] of order[i]) into (total,) sample
-    and patch indices, sample-major, without a host sync: unselected entries go to a spare slot."""
-    R, N = order.shape
-    rank = torch.arange(N, device=order.device)
-    start = counts.cumsum(0) - counts
-    dest = torch.where(rank < counts[:, None], start[:, None] + rank, total).flatten()
-    sample = torch.arange(R, device=order.device)[:, None].expand(R, N).flatten()
-    packed_sample = sample.new_zeros(total + 1).scatter_(0, dest, sample)[:total]
-    packed_patch = order.new_zeros(total + 1).scatter_(0, dest, order.flatten())[:total]
-    return packed_sample, packed_patch
+    and patch indices, sample-major, without a host sync."""
+    sample, rank = selected_slots(counts, total)
+    return sample, order[sample, rank]
 
 
 def fine_children(coarse_patch: torch.Tensor, coarse_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fine-grid (row, column) of the 2x2 children of coarse patches: (S,) -> two (S, 4), child c = 2 dy + dx."""
+    """Fine-grid (row, column) of the 2x2 children of coarse patches: (S,) -> two (S, 4), child c = 2 dy + dx.
+
+    The child offsets come from arange on the device: a tensor built from a Python list would be a
+    host-to-device copy on every call (a sync, and impossible inside a CUDA graph)."""
     wc = coarse_grid[1]
-    dy = torch.tensor([0, 0, 1, 1], device=coarse_patch.device)
-    dx = torch.tensor([0, 1, 0, 1], device=coarse_patch.device)
-    return (coarse_patch // wc * 2)[:, None] + dy, (coarse_patch % wc * 2)[:, None] + dx
+    child = torch.arange(4, device=coarse_patch.device)
+    return (coarse_patch // wc * 2)[:, None] + child // 2, (coarse_patch % wc * 2)[:, None] + child % 2
