@@ -333,7 +333,7 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="OUT.json", help="COCO results file (default: OUT.json)")
     p.add_argument("--qp-threshold", type=float, metavar="Q",
                    help="SHaRPose's early-exit threshold: quality >= Q skips the fine stage "
-                        "(default: the model's, 0.99)")
+                        "(default: the model's: 0.99, or 1.2 for sharpose_base_384x288, as released)")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints with score >= this (default: 0.3)")
     p.add_argument("--device", type=device_arg, default=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
                    help="cpu, cuda or cuda:N (default: cuda when there is one)")
