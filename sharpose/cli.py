@@ -138,38 +138,18 @@ def load_model(name: str, overrides: Sequence[tuple[str, Any]], checkpoint: Path
 
 
 def load_weights(model: nn.Module, path: Path, name: str) -> None:
-    from sharpose.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+    from sharpose.checkpoint import CheckpointMismatch, load_checkpoint
 
     try:
         load_checkpoint(model, path)
-    except CheckpointError as err:
-        checkpoint = read_checkpoint(path)  # an unreadable file raises its own one-line error here
-        summary = checkpoint_mismatch(model, checkpoint, path)
-        if summary is None:
-            raise
-        raise CliError(f"checkpoint {path} does not fit {name}: {summary}; {arch_hint(checkpoint)}") from err
+    except CheckpointMismatch as err:
+        notes = "".join(f"; {note}" for note in err.notes)
+        raise CliError(f"checkpoint {path} does not fit {name}: {err.summary()}; {arch_hint(err.saved_arch)}"
+                       f"{notes}") from err
 
 
-def checkpoint_mismatch(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> str | None:
-    """'169 mis-shaped keys (e.g. ...), 2 missing (e.g. ...)', or None when the weights fit."""
-    from sharpose.checkpoint import model_state
-
-    state = model_state(model, checkpoint, source=f"checkpoint {path}")
-    expected = model.state_dict()
-    problems = {
-        "mis-shaped": [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in expected.items() if k in state and state[k].shape != v.shape
-        ],
-        "missing": [k for k in expected if k not in state],
-        "unexpected": [k for k in state if k not in expected],
-    }
-    parts = [f"{len(keys)} {kind} keys (e.g. {keys[0]})" for kind, keys in problems.items() if keys]
-    return ", ".join(parts) or None
-
-
-def arch_hint(checkpoint: dict[str, Any]) -> str:
-    arch = checkpoint.get("arch")
+def arch_hint(arch: dict[str, Any] | None) -> str:
+    """How to build the model a checkpoint was saved from, as command-line options."""
     if not arch:
         return "was it saved from another model? pass the matching --model"
     sets = "".join(f" --set {shlex.quote(f'{k}={v!r}')}" for k, v in arch["overrides"].items())
