@@ -63,8 +63,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> 
     path = Path(path)
     payload = {"format": FORMAT, "arch": getattr(model, "arch", None), "model": model.state_dict(), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would ignore the user's umask
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -73,6 +74,26 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> 
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+TEMP_SUFFIX = ".tmp"  # save_checkpoint writes .NAME.XXXX.tmp beside NAME, then renames it
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that saves killed mid-write left in `folder`; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.glob(f".*.pth.*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

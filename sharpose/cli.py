@@ -72,6 +72,26 @@ def bbox_arg(text: str) -> tuple[float, float, float, float]:
     return box  # type: ignore[return-value]
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def model_arg(name: str) -> str:
     from sharpose.models import list_models
 
@@ -180,6 +200,11 @@ def person_boxes(args: argparse.Namespace, image_shape: Sequence[int], image_id:
     from sharpose.demo import load_detections
 
     if args.bbox:
+        height, width = image_shape[:2]
+        for x, y, w, h in args.bbox:
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                raise CliError(f"--bbox {x:g},{y:g},{w:g},{h:g} lies entirely outside {args.image} "
+                               f"({width}x{height} pixels); give x,y,w,h in image pixels")
         return list(args.bbox), [1.0] * len(args.bbox)
     if args.det_file is None:
         return [(0.0, 0.0, float(image_shape[1]), float(image_shape[0]))], [1.0]
@@ -193,14 +218,43 @@ def person_boxes(args: argparse.Namespace, image_shape: Sequence[int], image_id:
     return boxes, scores
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    return [p for p in path.parents if not p.exists()]
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            return
+
+
+def person_pictures(out: Path) -> list[Path]:
+    """The per-person pictures a demo run wrote beside `out` (OUT_person{i}.png)."""
+    prefix = f"{out.stem}_person"
+    return [p for p in out.parent.glob(f"{prefix}*{out.suffix}") if p.stem[len(prefix):].isdigit()]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    out = args.out or Path(f"{args.image.stem}_pose.png")
+    new_folders = missing_folders(out) + missing_folders(args.json or out)
+    try:
+        return run_demo(args, out)
+    except BaseException:
+        remove_if_empty(sorted(set(new_folders), key=lambda p: -len(p.parts)))  # a failed demo leaves nothing
+        raise
+
+
+def run_demo(args: argparse.Namespace, out: Path) -> int:
     from sharpose.data import read_image
     from sharpose.demo import coco_result, image_id_from_name, predict_people
     from sharpose.evaluation import write_coco_results
     from sharpose.models import SHaRPose
     from sharpose.visualize import person_figure, scene_figure
 
-    out = prepare_output(args.out or Path(f"{args.image.stem}_pose.png"), "--out", ".png")
+    out = prepare_output(out, "--out", ".png")
     json_path = prepare_output(args.json or out.with_suffix(".json"), "--json", ".json")
     image = read_image(args.image)
     image_id = args.image_id if args.image_id is not None else image_id_from_name(args.image)
@@ -214,6 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     people = predict_people(model, image, boxes, box_scores, args.device)
     grid = model.coarse_grid if is_sharpose else None
+    for stale in person_pictures(out):  # an earlier run's pictures of more people
+        stale.unlink()
     written = [out]
     write_png(out, scene_figure(image, people, args.kpt_thr))
     for i, person in enumerate(people):
@@ -302,7 +358,7 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="a person box in image pixels (repeatable; write --bbox=-4,... when X is negative)")
     boxes.add_argument("--det-file", type=existing_file, metavar="F",
                        help="COCO-style detection results (JSON list of {image_id, bbox, score}); the boxes of this "
-                            "image are used")
+                            "image are used; a non-finite score is an error (as in evaluation)")
     p.add_argument("--det-score-thr", type=float, default=0.3, metavar="S",
                    help="keep detections with score >= S (default: 0.3)")
     p.add_argument("--image-id", type=int, help="COCO image id of IMAGE, for --det-file and the JSON "
@@ -311,7 +367,7 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, metavar="OUT.png",
                    help="scene picture; person pictures go beside it as OUT_person{i}.png (default: IMAGE_pose.png)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="COCO results file (default: OUT.json)")
-    p.add_argument("--qp-threshold", type=float, metavar="Q",
+    p.add_argument("--qp-threshold", type=finite_float, metavar="Q",
                    help="SHaRPose's early-exit threshold: quality >= Q skips the fine stage "
                         "(default: the model's: 0.99, or 1.2 for sharpose_base_384x288, as released)")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints with score >= this (default: 0.3)")
@@ -334,7 +390,7 @@ def build_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=list(FORMATS), help="onnx, torchscript or exported-program")
     p.add_argument("--out", type=Path, metavar="PATH",
                    help="output file (default: MODEL.onnx / MODEL.pt / MODEL.pt2 by format)")
-    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the export (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="fixed batch size of the export (default: 1)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest accepted |exported - eager| of any output (default: 1e-4)")
     p.set_defaults(run=cmd_export)

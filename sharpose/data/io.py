@@ -41,7 +41,21 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
+    if is_truncated_jpeg(path):  # cv2 decodes the missing part as grey and only warns
+        raise DataError(f"image file {path} is a truncated JPEG (no end-of-image marker): an interrupted "
+                        "download or copy? replace the file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"cannot decode image file {path} (corrupt or not an image)")
     return image
+
+
+def is_truncated_jpeg(path: Path) -> bool:
+    """A JPEG (starts with the SOI marker FF D8) must end with the EOI marker FF D9 (trailing padding
+    bytes allowed)."""
+    with path.open("rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read()
+    return b"\xff\xd9" not in tail
