@@ -42,8 +42,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     if is_truncated_jpeg(path):  # cv2 decodes the missing part as grey and only warns
-        raise DataError(f"image file {path} is a truncated JPEG (no end-of-image marker): an interrupted "
-                        "download or copy? replace the file")
+        raise DataError(f"cannot decode image file {path}: the JPEG is truncated (no end-of-image marker); "
+                        "an interrupted download or copy? replace the file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"cannot decode image file {path} (corrupt or not an image)")
