@@ -72,13 +72,16 @@ def bbox_arg(text: str) -> tuple[float, float, float, float]:
     return box  # type: ignore[return-value]
 
 
-def finite_float(text: str) -> float:
+def threshold_arg(text: str) -> float:
+    """An early-exit threshold: a number, -inf (every crop exits) or inf (every crop is refined); not NaN,
+    which no quality compares with."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"expected a number (or -inf: every crop exits, inf: every crop is "
+                                         f"refined), got {text!r}")
     return value
 
 
@@ -367,7 +370,7 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, metavar="OUT.png",
                    help="scene picture; person pictures go beside it as OUT_person{i}.png (default: IMAGE_pose.png)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="COCO results file (default: OUT.json)")
-    p.add_argument("--qp-threshold", type=finite_float, metavar="Q",
+    p.add_argument("--qp-threshold", type=threshold_arg, metavar="Q",
                    help="SHaRPose's early-exit threshold: quality >= Q skips the fine stage "
                         "(default: the model's: 0.99, or 1.2 for sharpose_base_384x288, as released)")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints with score >= this (default: 0.3)")
