@@ -25,15 +25,17 @@ class CheckpointMismatch(CheckpointError):
 
     missing: model keys the checkpoint lacks; unexpected: checkpoint keys the model lacks; mis_shaped:
     (key, checkpoint shape, model shape); saved_arch: the `arch` the checkpoint was saved with (this
-    project's format), i.e. the likely architecture; notes: what else explains the misfit.
+    project's format); likely_model: else the named model whose weights have the checkpoint's names and
+    shapes, if one does; notes: what else explains the misfit.
     """
 
     def __init__(self, source: str, model_name: str, missing: list[str], unexpected: list[str],
                  mis_shaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-                 saved_arch: dict[str, Any] | None = None, notes: tuple[str, ...] = ()) -> None:
+                 saved_arch: dict[str, Any] | None = None, likely_model: str | None = None,
+                 notes: tuple[str, ...] = ()) -> None:
         self.source, self.model_name = source, model_name
         self.missing, self.unexpected, self.mis_shaped = missing, unexpected, mis_shaped
-        self.saved_arch, self.notes = saved_arch, notes
+        self.saved_arch, self.likely_model, self.notes = saved_arch, likely_model, notes
         super().__init__(self.report())
 
     def problems(self) -> dict[str, list[str]]:
@@ -50,6 +52,8 @@ class CheckpointMismatch(CheckpointError):
         lines = [f"{self.source} does not fit the model {self.model_name}"]
         if self.saved_arch:
             lines.append(f"  the checkpoint was saved from {describe_arch(self.saved_arch)}")
+        elif self.likely_model:
+            lines.append(f"  the checkpoint fits the named model {self.likely_model}")
         for kind, keys in self.problems().items():
             shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
             lines.append(f"  {len(keys)} {kind} key(s): {shown}")
@@ -288,4 +292,23 @@ def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], source: s
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or mis_shaped:
         name = describe_arch(getattr(model, "arch", None)) or type(model).__name__
-        raise CheckpointMismatch(source, name, missing, unexpected, mis_shaped, saved_arch=arch, notes=notes)
+        likely = None if arch else likely_model(state)
+        raise CheckpointMismatch(source, name, missing, unexpected, mis_shaped, saved_arch=arch,
+                                 likely_model=likely, notes=notes)
+
+
+def likely_model(state: dict[str, torch.Tensor]) -> str | None:
+    """The named model whose weights have exactly the names and shapes of `state`, or None. Each candidate
+    is built with one block (cheap); the blocks are compared through the first one and their count."""
+    from sharpose.models import create_model
+    from sharpose.models.factory import MODEL_CONFIGS
+
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    shapes = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("blocks.") or k.startswith("blocks.0.")}
+    for name, (_, config) in MODEL_CONFIGS.items():
+        if config.get("depth") != depth:
+            continue
+        candidate = create_model(name, depth=1).state_dict()
+        if {k: tuple(v.shape) for k, v in candidate.items()} == shapes:
+            return name
+    return None

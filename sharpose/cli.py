@@ -167,12 +167,14 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
         load_checkpoint(model, path)
     except CheckpointMismatch as err:
         notes = "".join(f"; {note}" for note in err.notes)
-        raise CliError(f"checkpoint {path} does not fit {name}: {err.summary()}; {arch_hint(err.saved_arch)}"
-                       f"{notes}") from err
+        raise CliError(f"checkpoint {path} does not fit {name}: {err.summary()}; "
+                       f"{arch_hint(err.saved_arch, err.likely_model)}{notes}") from err
 
 
-def arch_hint(arch: dict[str, Any] | None) -> str:
-    """How to build the model a checkpoint was saved from, as command-line options."""
+def arch_hint(arch: dict[str, Any] | None, likely_model: str | None = None) -> str:
+    """How to build the model a checkpoint was saved from (or that it fits), as command-line options."""
+    if not arch and likely_model:
+        return f"it fits {likely_model}: pass --model {likely_model}"
     if not arch:
         return "was it saved from another model? pass the matching --model"
     sets = "".join(f" --set {shlex.quote(f'{k}={v!r}')}" for k, v in arch["overrides"].items())

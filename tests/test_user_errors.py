@@ -54,6 +54,14 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
         assert "weights_only" not in err  # PyTorch's advice to run the file's code is never passed on
 
 
+def test_a_checkpoint_of_another_named_model_names_it(tmp_path, capsys):
+    torch.save({"state_dict": create_model("vitpose_small_256x192").state_dict()}, tmp_path / "vitpose.pth")
+    code, _, err = run(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", "--checkpoint",
+                       tmp_path / "vitpose.pth", "--out", tmp_path / "o.png")
+    assert_one_line(code, err, "does not fit sharpose_small_256x192: ",
+                    "it fits vitpose_small_256x192: pass --model vitpose_small_256x192")
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("depth=0", "depth=0 is not valid: expected a whole number >= 1"),
     ("alpha='big'", "alpha='big' is not valid: expected a number"),
