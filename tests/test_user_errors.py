@@ -235,3 +235,17 @@ def test_ctrl_c_in_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
 def test_config_model_settings_are_checked(tmp_path, setting, expected):
     with pytest.raises(ConfigError, match=expected):
         train(tiny(tmp_path, f"model.overrides.{setting}"), progress=False)
+
+
+def test_metrics_json_is_strict_json(tmp_path, one_thread):
+    from sharpose.builders import build_model
+    from sharpose.distributed import DistContext
+    from sharpose.evaluation_runner import evaluate_model
+
+    config = tiny(tmp_path, "eval.sweep_thresholds=[-.inf, 0.5, .inf]")
+    model = build_model(config)
+    ctx = DistContext(0, 1, torch.device("cpu"), owns_group=False)
+    evaluate_model(model, build_val_dataset(config), config, ctx, output_dir=tmp_path / "eval")
+    text = (tmp_path / "eval" / "metrics.json").read_text()
+    report = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert [row["threshold"] for row in report["sweep"]] == ["-inf", 0.5, "inf"]

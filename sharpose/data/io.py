@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,14 @@ def is_truncated_jpeg(path: Path) -> bool:
         f.seek(max(0, path.stat().st_size - 4096))
         tail = f.read()
     return b"\xff\xd9" not in tail
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with NaN and +-inf replaced by None (null): strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

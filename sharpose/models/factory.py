@@ -90,6 +90,10 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     for key, value in overrides.items():
         check_setting(name, key, value, accepted[key].default)
     settings = {k: tuple(v) if k in SIZES and isinstance(v, list) else v for k, v in settings.items()}
+    patch = settings.get("patch_size", accepted["patch_size"].default)
+    if any(side % patch for side in settings.get("input_size", accepted["input_size"].default)):
+        raise ValueError(f"{name}: input_size={tuple(settings['input_size'])} is not valid: expected multiples of "
+                         f"the patch size {patch}, e.g. (256, 192)")
     if settings.get("embed_dim", 1) % settings.get("num_heads", 1):
         raise ValueError(f"{name}: embed_dim={settings['embed_dim']} is not a multiple of "
                          f"num_heads={settings['num_heads']}")

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
+
+from sharpose.data.io import strict_json
 
 
 class JsonLinesLog:
@@ -32,17 +33,6 @@ class JsonLinesLog:
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, self.path)
-
-
-def strict_json(value: Any) -> Any:
-    """`value` with NaN and +-inf replaced by None (null): strict JSON readers reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
