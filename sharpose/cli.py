@@ -229,11 +229,12 @@ def missing_folders(path: Path) -> list[Path]:
 
 
 def remove_if_empty(folders: Sequence[Path]) -> None:
-    for folder in folders:  # deepest first
+    """Remove each of `folders` (deepest first) that is empty."""
+    for folder in folders:
         try:
             folder.rmdir()
         except OSError:  # not empty, or already gone
-            return
+            continue
 
 
 def person_pictures(out: Path) -> list[Path]:
@@ -243,6 +244,7 @@ def person_pictures(out: Path) -> list[Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo; when it fails, the output folders it created are removed again."""
     out = args.out or Path(f"{args.image.stem}_pose.png")
     new_folders = missing_folders(out) + missing_folders(args.json or out)
     try:
