@@ -1,4 +1,5 @@
-"""Loading released SHaRPose / ViTPose (mmpose layout) checkpoints and this project's own; atomic saving."""
+"""Loading checkpoints: released SHaRPose / ViTPose (mmpose layout), HF transformers' VitPose (safetensors or
+a state dict) and this project's own, strictly, with errors that carry their details; atomic saving."""
 from __future__ import annotations
 
 import json
