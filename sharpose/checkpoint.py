@@ -49,6 +49,13 @@ class CheckpointMismatch(CheckpointError):
         """One line: '169 mis-shaped keys (e.g. ...), 2 missing keys (e.g. ...)'."""
         return ", ".join(f"{len(keys)} {kind} keys (e.g. {keys[0]})" for kind, keys in self.problems().items())
 
+    def one_line(self) -> str:
+        """The mismatch in one line, for a command's error message."""
+        origin = (f"; it was saved from {describe_arch(self.saved_arch)}" if self.saved_arch
+                  else f"; it fits {self.likely_model}" if self.likely_model else "")
+        notes = "".join(f"; {note}" for note in self.notes)
+        return f"{self.source} does not fit the model {self.model_name}: {self.summary()}{origin}{notes}"
+
     def report(self) -> str:
         lines = [f"{self.source} does not fit the model {self.model_name}"]
         if self.saved_arch:

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from sharpose.checkpoint import CheckpointError
+from sharpose.checkpoint import CheckpointError, CheckpointMismatch
 from sharpose.config import ConfigError, list_configs, load_config
 from sharpose.data import DataError
 from sharpose.training import train
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config, args.overrides)
         summary = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+        parser.exit(2, f"error: {err.one_line() if isinstance(err, CheckpointMismatch) else err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"interrupted; {resume_hint(config)}\n")
     if summary is not None:

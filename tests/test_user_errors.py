@@ -249,3 +249,16 @@ def test_metrics_json_is_strict_json(tmp_path, one_thread):
     text = (tmp_path / "eval" / "metrics.json").read_text()
     report = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert [row["threshold"] for row in report["sweep"]] == ["-inf", 0.5, "inf"]
+
+
+def test_eval_with_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
+    from sharpose.evaluate import main as evaluate_main
+
+    path = tmp_path / "vitpose.pth"
+    save_checkpoint(create_model("vitpose_small_256x192", depth=1, embed_dim=32, num_heads=2), path)
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main(["tiny", str(path), "--set", f"data.root={COCO_MINI}", "--set", "eval.use_gt_bbox=true"])
+    assert exit_.value.code != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"checkpoint {path} does not fit the model sharpose_small_256x192" in lines[0]
+    assert "missing keys (e.g. " in lines[0] and "it was saved from vitpose_small_256x192(depth=1" in lines[0]
