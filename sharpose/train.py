@@ -1,6 +1,9 @@
-"""`python -m sharpose.train CONFIG [--resume PATH] [--set key=value ...]` (under torchrun for several GPUs).
+"""`python -m sharpose.train CONFIG [--resume PATH | --overwrite] [--set key=value ...]` (under torchrun for
+several GPUs).
 
-CONFIG is a shipped config name (see `sharpose.config.list_configs()`) or a YAML file.
+CONFIG is a shipped config name (see `sharpose.config.list_configs()`) or a YAML file. An output_dir that
+holds an earlier run is refused unless the run resumes it or is told to overwrite it. Ctrl-C stops with
+exit code 130 and says how to resume. The summary printed at the end is strict JSON.
 """
 from __future__ import annotations
 
