@@ -32,15 +32,15 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def capturable_forward_never_syncs(model: SHaRPose, images: torch.Tensor) -> str:
-    model.qp_threshold = math.inf
-    assert model.capturable
     # the input finiteness check is the forward's one read; capture and tracing skip it, and so does this
     is_tracing = sharpose_module.is_tracing
     sharpose_module.is_tracing = lambda: True
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = model(images)
+        with model.exit_policy(qp_threshold=math.inf):
+            assert model.capturable
+            out = model(images)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         sharpose_module.is_tracing = is_tracing
@@ -49,15 +49,15 @@ def capturable_forward_never_syncs(model: SHaRPose, images: torch.Tensor) -> str
 
 
 def graphs_replay_like_eager(model: SHaRPose, images: torch.Tensor) -> str:
-    model.qp_threshold = math.inf
-    quality = model(images).quality
+    with model.exit_policy(qp_threshold=math.inf):
+        quality = model(images).quality
     graphed = GraphedSHaRPose(model, images.shape[0])
     lines = []
     for rate in EXIT_RATES:
-        model.qp_threshold = threshold_for_exit_rate(quality, rate)
-        expected = model(images)
-        for replay in range(2):  # the second replay finds the graphs' memory already written
-            out = graphed(images)
+        with model.exit_policy(qp_threshold=threshold_for_exit_rate(quality, rate)):
+            expected = model(images)
+            outs = [graphed(images) for _ in range(2)]  # the second replay finds the graphs' memory written
+        for out in outs:
             assert torch.equal(out.refined, expected.refined), f"exit rate {rate}: refined differs"
             assert torch.equal(out.selected, expected.selected), f"exit rate {rate}: selected differs"
             for name in ("quality", "patch_scores", "coarse_heatmaps", "heatmaps"):

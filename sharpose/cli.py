@@ -72,6 +72,29 @@ def bbox_arg(text: str) -> tuple[float, float, float, float]:
     return box  # type: ignore[return-value]
 
 
+def threshold_arg(text: str) -> float:
+    """An early-exit threshold: a number, -inf (every crop exits) or inf (every crop is refined); not NaN,
+    which no quality compares with."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"expected a number (or -inf: every crop exits, inf: every crop is "
+                                         f"refined), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def model_arg(name: str) -> str:
     from sharpose.models import list_models
 
@@ -138,38 +161,20 @@ def load_model(name: str, overrides: Sequence[tuple[str, Any]], checkpoint: Path
 
 
 def load_weights(model: nn.Module, path: Path, name: str) -> None:
-    from sharpose.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+    from sharpose.checkpoint import CheckpointMismatch, load_checkpoint
 
     try:
         load_checkpoint(model, path)
-    except CheckpointError as err:
-        checkpoint = read_checkpoint(path)  # an unreadable file raises its own one-line error here
-        summary = checkpoint_mismatch(model, checkpoint, path)
-        if summary is None:
-            raise
-        raise CliError(f"checkpoint {path} does not fit {name}: {summary}; {arch_hint(checkpoint)}") from err
+    except CheckpointMismatch as err:
+        notes = "".join(f"; {note}" for note in err.notes)
+        raise CliError(f"checkpoint {path} does not fit {name}: {err.summary()}; "
+                       f"{arch_hint(err.saved_arch, err.likely_model)}{notes}") from err
 
 
-def checkpoint_mismatch(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> str | None:
-    """'169 mis-shaped keys (e.g. ...), 2 missing (e.g. ...)', or None when the weights fit."""
-    from sharpose.checkpoint import model_state
-
-    state = model_state(model, checkpoint, source=f"checkpoint {path}")
-    expected = model.state_dict()
-    problems = {
-        "mis-shaped": [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in expected.items() if k in state and state[k].shape != v.shape
-        ],
-        "missing": [k for k in expected if k not in state],
-        "unexpected": [k for k in state if k not in expected],
-    }
-    parts = [f"{len(keys)} {kind} keys (e.g. {keys[0]})" for kind, keys in problems.items() if keys]
-    return ", ".join(parts) or None
-
-
-def arch_hint(checkpoint: dict[str, Any]) -> str:
-    arch = checkpoint.get("arch")
+def arch_hint(arch: dict[str, Any] | None, likely_model: str | None = None) -> str:
+    """How to build the model a checkpoint was saved from (or that it fits), as command-line options."""
+    if not arch and likely_model:
+        return f"it fits {likely_model}: pass --model {likely_model}"
     if not arch:
         return "was it saved from another model? pass the matching --model"
     sets = "".join(f" --set {shlex.quote(f'{k}={v!r}')}" for k, v in arch["overrides"].items())
@@ -200,6 +205,11 @@ def person_boxes(args: argparse.Namespace, image_shape: Sequence[int], image_id:
     from sharpose.demo import load_detections
 
     if args.bbox:
+        height, width = image_shape[:2]
+        for x, y, w, h in args.bbox:
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                raise CliError(f"--bbox {x:g},{y:g},{w:g},{h:g} lies entirely outside {args.image} "
+                               f"({width}x{height} pixels); give x,y,w,h in image pixels")
         return list(args.bbox), [1.0] * len(args.bbox)
     if args.det_file is None:
         return [(0.0, 0.0, float(image_shape[1]), float(image_shape[0]))], [1.0]
@@ -213,13 +223,44 @@ def person_boxes(args: argparse.Namespace, image_shape: Sequence[int], image_id:
     return boxes, scores
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    return [p for p in path.parents if not p.exists()]
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove each of `folders` (deepest first) that is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            continue
+
+
+def person_pictures(out: Path) -> list[Path]:
+    """The per-person pictures a demo run wrote beside `out` (OUT_person{i}.png)."""
+    prefix = f"{out.stem}_person"
+    return [p for p in out.parent.glob(f"{prefix}*{out.suffix}") if p.stem[len(prefix):].isdigit()]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo; when it fails, the output folders it created are removed again."""
+    out = args.out or Path(f"{args.image.stem}_pose.png")
+    new_folders = missing_folders(out) + missing_folders(args.json or out)
+    try:
+        return run_demo(args, out)
+    except BaseException:
+        remove_if_empty(sorted(set(new_folders), key=lambda p: -len(p.parts)))  # a failed demo leaves nothing
+        raise
+
+
+def run_demo(args: argparse.Namespace, out: Path) -> int:
     from sharpose.data import read_image
     from sharpose.demo import coco_result, image_id_from_name, predict_people
     from sharpose.evaluation import write_coco_results
     from sharpose.visualize import person_figure, scene_figure
 
-    out = prepare_output(args.out or Path(f"{args.image.stem}_pose.png"), "--out", ".png")
+    out = prepare_output(out, "--out", ".png")
     json_path = prepare_output(args.json or out.with_suffix(".json"), "--json", ".json")
     image = read_image(args.image)
     image_id = args.image_id if args.image_id is not None else image_id_from_name(args.image)
@@ -230,6 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with model.exit_policy(qp_threshold=args.qp_threshold):
         people = predict_people(model, image, boxes, box_scores, args.device)
     grid = model.score_grid
+    for stale in person_pictures(out):  # an earlier run's pictures of more people
+        stale.unlink()
     written = [out]
     write_png(out, scene_figure(image, people, args.kpt_thr))
     for i, person in enumerate(people):
@@ -318,7 +361,7 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="a person box in image pixels (repeatable; write --bbox=-4,... when X is negative)")
     boxes.add_argument("--det-file", type=existing_file, metavar="F",
                        help="COCO-style detection results (JSON list of {image_id, bbox, score}); the boxes of this "
-                            "image are used")
+                            "image are used; a non-finite score is an error (as in evaluation)")
     p.add_argument("--det-score-thr", type=float, default=0.3, metavar="S",
                    help="keep detections with score >= S (default: 0.3)")
     p.add_argument("--image-id", type=int, help="COCO image id of IMAGE, for --det-file and the JSON "
@@ -327,9 +370,9 @@ def build_demo_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, metavar="OUT.png",
                    help="scene picture; person pictures go beside it as OUT_person{i}.png (default: IMAGE_pose.png)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="COCO results file (default: OUT.json)")
-    p.add_argument("--qp-threshold", type=float, metavar="Q",
+    p.add_argument("--qp-threshold", type=threshold_arg, metavar="Q",
                    help="SHaRPose's early-exit threshold: quality >= Q skips the fine stage "
-                        "(default: the model's, 0.99)")
+                        "(default: the model's: 0.99, or 1.2 for sharpose_base_384x288, as released)")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints with score >= this (default: 0.3)")
     p.add_argument("--device", type=device_arg, default=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
                    help="cpu, cuda or cuda:N (default: cuda when there is one)")
@@ -351,7 +394,7 @@ def build_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=list(FORMATS), help="onnx, torchscript or exported-program")
     p.add_argument("--out", type=Path, metavar="PATH",
                    help="output file (default: MODEL.onnx / MODEL.pt / MODEL.pt2 by format)")
-    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the export (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="fixed batch size of the export (default: 1)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest accepted |exported - eager| of any output (default: 1e-4)")
     p.set_defaults(run=cmd_export)

@@ -114,6 +114,8 @@ def load_detections(path: str | Path, image_id: int, score_thr: float) -> tuple[
             box, score = tuple(float(v) for v in det["bbox"]), float(det.get("score", 1.0))
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"detection {i} of {path} needs image_id and bbox [x, y, w, h] ({err!r})") from err
+        if not math.isfinite(score):  # as evaluation does: a broken detector output is an error, not a drop
+            raise DataError(f"detection {i} of {path} has score {det.get('score')!r}: expected a finite number")
         if len(box) != 4 or not all(map(math.isfinite, box)):
             raise DataError(f"detection {i} of {path} has a bad bbox {det['bbox']}: expected [x, y, w, h]")
         if score >= score_thr and box[2] > 0 and box[3] > 0:  # an empty box has nothing to crop

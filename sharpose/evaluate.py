@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sharpose.checkpoint import CheckpointError
+from sharpose.checkpoint import CheckpointError, CheckpointMismatch
 from sharpose.data import DataError
 from sharpose.engine.config import ConfigError, list_configs, load_config
 from sharpose.evaluation.runner import evaluate, sweep_table
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config, args.overrides)
         report = evaluate(config, args.checkpoint, output_dir=args.output_dir, progress=not args.no_progress)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+        parser.exit(2, f"error: {err.one_line() if isinstance(err, CheckpointMismatch) else err}\n")
     if report is None:
         return
     print(json.dumps(report["metrics"], indent=1))

@@ -70,8 +70,12 @@ def draw_pose(
 ) -> None:
     """Limbs and joints with score >= `threshold`; `size` is the joint radius (lines are thinner)."""
     colors = joint_colors(info)
-    shown = scores >= threshold
-    pixel = np.round(points).astype(np.int32)
+    height, width = canvas.shape[:2]
+    margin = max(height, width)  # joints further out are off the picture: not drawn (cv2 takes int32 only)
+    points = np.asarray(points, dtype=np.float64)
+    on_canvas = np.isfinite(points).all(axis=1) & (np.abs(points - [width / 2, height / 2]) <= margin).all(axis=1)
+    shown = (scores >= threshold) & on_canvas
+    pixel = np.round(np.where(on_canvas[:, None], points, 0.0)).astype(np.int32)
     for a, b in info.skeleton:
         if shown[a] and shown[b]:
             color = colors[a] if colors[a] == colors[b] else CENTRE
@@ -169,9 +173,14 @@ def scene_figure(image: np.ndarray, people: Sequence[PersonPrediction], threshol
     """The whole image (same size) with each person's box and label, then every skeleton on top."""
     canvas = image.copy()
     unit = max(1, round(max(image.shape[:2]) / 500))
+    height, width = image.shape[:2]
     for i, person in enumerate(people):
-        x, y, w, h = (round(v) for v in person.box)
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), BOX, unit)
+        # clipped just outside the picture: the visible edges stay, coordinates stay in cv2's int32
+        x, y, w, h = person.box
+        x0, x1 = (int(np.clip(round(v), -unit, width + unit)) for v in (x, x + w))
+        y0, y1 = (int(np.clip(round(v), -unit, height + unit)) for v in (y, y + h))
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), BOX, unit)
+        x, y = x0, y0
         put_label(canvas, scene_label(i, person), (x, y), font_scale=0.45 * unit)
     for person in people:
         draw_pose(canvas, person.keypoints[:, :2], person.keypoints[:, 2], threshold, size=unit + 2)

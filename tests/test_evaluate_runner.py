@@ -107,7 +107,7 @@ def test_qthres_sweep_from_one_pass_matches_running_each_threshold(tmp_path, one
     middle = float(np.median(quality))
     thresholds = [-math.inf, float(quality.min()), middle, float(quality.max()) + 1e-3, math.inf]
     config = tiny_config(tmp_path, f"eval.sweep_thresholds={thresholds}".replace("inf", ".inf"),
-                         f"eval.qp_threshold={middle}")
+                         f"eval.qp_threshold={middle}", "eval.flip_test=true")
     report = evaluate_model(model, dataset, config, CPU, output_dir=tmp_path)
 
     rows = report["sweep"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,32 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
+    if is_truncated_jpeg(path):  # cv2 decodes the missing part as grey and only warns
+        raise DataError(f"cannot decode image file {path}: the JPEG is truncated (no end-of-image marker); "
+                        "an interrupted download or copy? replace the file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"cannot decode image file {path} (corrupt or not an image)")
     return image
+
+
+def is_truncated_jpeg(path: Path) -> bool:
+    """A JPEG (starts with the SOI marker FF D8) must end with the EOI marker FF D9 (trailing padding
+    bytes allowed)."""
+    with path.open("rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read()
+    return b"\xff\xd9" not in tail
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with NaN and +-inf replaced by None (null): strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

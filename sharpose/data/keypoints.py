@@ -71,6 +71,13 @@ COCO = KeypointInfo(
     sigmas=COCO_SIGMAS,
 )
 
+# MPII OKS constants as mmpose's MPII dataset info sets them (adapted from COCO's: ankle, knee, hip like
+# COCO's; pelvis, thorax, neck, head 0.026; wrists, elbows, shoulders like COCO's), for SHaRPose's quality loss.
+MPII_SIGMAS = np.array(
+    [0.089, 0.083, 0.107, 0.107, 0.083, 0.089, 0.026, 0.026, 0.026, 0.026, 0.062, 0.072, 0.179, 0.179, 0.072, 0.062]
+)
+MPII_SIGMAS.setflags(write=False)
+
 MPII = KeypointInfo(
     name="mpii",
     keypoint_names=(
@@ -84,4 +91,5 @@ MPII = KeypointInfo(
         (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
     ),
     upper_body_ids=(7, 8, 9, 10, 11, 12, 13, 14, 15),
+    sigmas=MPII_SIGMAS,
 )

@@ -113,6 +113,12 @@ class TopDownDataset(Dataset):
         self.augmentation = augmentation
         self.skipped: Counter = skipped if skipped is not None else Counter()
 
+    def describe_skipped(self) -> str:
+        """'left out: 2 invalid_bbox, 1 unknown_image' (annotations dropped at load time), or ''."""
+        if not self.skipped:
+            return ""
+        return "left out: " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+
     @property
     def aspect_ratio(self) -> float:
         """Crop width / height."""

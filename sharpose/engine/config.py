@@ -176,6 +176,12 @@ def check_files(config: Config, *, training: bool) -> None:
             needed.append(("eval.bbox_file", None if bbox_file is None else config.data_path(bbox_file), False))
         if config.data.head_boxes_file:
             needed.append(("data.head_boxes_file", config.data_path(config.data.head_boxes_file), False))
+        elif config.data.dataset == "mpii":
+            raise ConfigError(
+                f"{config.source}: data.head_boxes_file is not set: MPII's PCKh divides each error by the "
+                "person's head size, which the annotation json does not hold; give a JSON list of [x1, y1, x2, "
+                "y2] head boxes, one per val entry (MPII's mpii_gt_val.mat, 'headboxes_src')"
+                + (", or train without evaluation: train.eval_interval=0" if training else ""))
     for key, path, is_dir in needed:
         if path is None:
             raise ConfigError(f"{config.source}: {key} is not set (eval.use_gt_bbox is false: detections needed)")

@@ -19,6 +19,7 @@ import numpy as np
 
 from sharpose.checkpoint import load_checkpoint
 from sharpose.data import TopDownDataset, load_json
+from sharpose.data.io import strict_json
 from sharpose.engine.builders import build_model, build_val_dataset
 from sharpose.engine.config import Config, ConfigError, check_files
 from sharpose.engine.distributed import DistContext, setup_distributed, teardown_distributed
@@ -164,7 +165,11 @@ def write_report(report: dict[str, Any], scorer: Scorer, predictions: CropPredic
                 f.write(",".join(str(v) for v in [row["threshold"], row["exit_rate"], *row["metrics"].values()]) + "\n")
         if rows[0]["metrics"]:
             plot_sweep(rows, scorer.metric, output_dir / "qthres_sweep.png")
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    # strict JSON: the sweep's +-inf thresholds as the strings "inf" / "-inf", other non-finite values as null
+    rows = [{**row, "threshold": row["threshold"] if math.isfinite(row["threshold"]) else str(row["threshold"])}
+            for row in report.get("sweep", [])]
+    strict = strict_json({**report, **({"sweep": rows} if rows else {})})
+    (output_dir / "metrics.json").write_text(json.dumps(strict, indent=1, allow_nan=False))
 
 
 def evaluate(config: Config, checkpoint: str | os.PathLike, *, output_dir: str | os.PathLike | None = None,

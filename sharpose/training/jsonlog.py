@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sharpose.data.io import strict_json
+
 
 class JsonLinesLog:
     """Appends records to `path` (resumed runs continue the same file); a no-op when not `enabled`."""
@@ -19,7 +21,18 @@ class JsonLinesLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+
+    def drop_after(self, iteration: int) -> None:
+        """Remove the records of iterations after `iteration` (those a resumed run trains again)."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not line.strip() or json.loads(line).get("iter", 0) <= iteration]
+        if len(kept) != len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

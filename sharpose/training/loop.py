@@ -8,7 +8,11 @@ the best primary metric, AP or PCKh, of the evaluations every train.eval_interva
 Resuming (`resume=` a latest.pth) restores model, optimizer, GradScaler, epoch, iteration, best metric
 and RNG states and continues mid-epoch where the run stopped: the data order and the augmentation are
 functions of (seed, epoch, index) (see sampling.py), so the next step is the one the uninterrupted run
-would have taken. Resume with the same number of processes and batch size.
+would have taken. Resume with the same number of processes and batch size (checked). Log records of
+iterations after the saved one (trained before a crash, trained again now) are dropped on resume.
+
+A run refuses an output directory that already holds a run (latest.pth, best.pth or log.jsonl) unless it
+resumes or is told to overwrite; temporary files of saves killed mid-write are removed at start.
 """
 from __future__ import annotations
 
@@ -27,10 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sharpose.checkpoint import save_checkpoint
+from sharpose.checkpoint import remove_stale_temporaries, save_checkpoint
 from sharpose.engine.amp import autocast
 from sharpose.engine.builders import build_model, build_train_dataset, build_val_dataset
-from sharpose.engine.config import Config, check_files, dump_config
+from sharpose.engine.config import Config, ConfigError, check_files, dump_config
 from sharpose.engine.distributed import DistContext, all_reduce_mean, barrier, setup_distributed, teardown_distributed
 from sharpose.evaluation.runner import evaluate_model
 from sharpose.training.init_weights import initialise_from_checkpoint
@@ -41,11 +45,19 @@ from sharpose.training.sampling import ResumableSampler, SeededSamples
 from sharpose.training.state import Progress, load_training_state, save_training_state, set_rng_state
 
 
-def train(config: Config, *, resume: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any] | None:
+RUN_FILES = ("latest.pth", "best.pth", "log.jsonl", "config.yaml")  # what a run writes to its output_dir
+
+
+def train(config: Config, *, resume: str | os.PathLike | None = None, progress: bool = True,
+          overwrite: bool = False) -> dict[str, Any] | None:
     """Train as the config says (under torchrun: this process's part). Returns a summary on the main
-    process (None elsewhere): 'iterations', 'epochs', 'stopped_early', 'best_metric', the checkpoint
-    paths and 'last_eval' (the last evaluation report, if any)."""
+    process (None elsewhere): 'iterations', 'epochs', 'stopped_early', 'best_metric' (None before any
+    evaluation), the checkpoint paths and 'last_eval' (the last evaluation report, if any).
+
+    ConfigError when output_dir holds an earlier run and neither `resume` nor `overwrite` is given;
+    `overwrite` deletes that run's files first."""
     check_files(config, training=True)
+    check_output_dir(Path(config.output_dir), resume=resume is not None, overwrite=overwrite)
     ctx = setup_distributed()
     try:
         return Trainer(config, ctx, progress=progress).run(resume)
@@ -53,14 +65,30 @@ def train(config: Config, *, resume: str | os.PathLike | None = None, progress: 
         teardown_distributed(ctx)
 
 
+def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run into an earlier one's files; with `overwrite`, delete them."""
+    earlier = [name for name in RUN_FILES[:3] if (out / name).exists()]
+    if not earlier or resume:
+        return
+    if not overwrite:
+        raise ConfigError(f"output_dir {out} already holds a run ({', '.join(earlier)}): continue it with "
+                          f"--resume {out / 'latest.pth'}, start over there with --overwrite, or choose "
+                          "another folder with --set output_dir=DIR")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, *, device: torch.device, amp: str, quality_lambda: float,
-               input_size: tuple[int, int], grad_clip: float | None) -> dict[str, torch.Tensor]:
+               input_size: tuple[int, int], grad_clip: float | None,
+               sigmas: Any = None) -> dict[str, torch.Tensor]:
     """One optimizer step on a collated batch; returns the detached loss terms ('loss' = the total)."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with autocast(device, amp):
         output = model(batch["image"])
-    loss = pose_loss(output, batch, quality_lambda=quality_lambda, input_size=input_size)  # float32
+    extra = {} if sigmas is None else {"sigmas": sigmas}  # the dataset's OKS constants (default: COCO's)
+    loss = pose_loss(output, batch, quality_lambda=quality_lambda, input_size=input_size, **extra)  # float32
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss.total).backward()
     if grad_clip is not None:
@@ -90,6 +118,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
         self.schedule = LrSchedule(cfg.lr, tuple(cfg.lr_steps), cfg.lr_gamma, cfg.warmup_iters, cfg.warmup_ratio)
         dataset = build_train_dataset(config)
+        self.sigmas = dataset.info.sigmas
         self.sampler = ResumableSampler(dataset, ctx.world_size, ctx.rank, config.seed)
         # own generator: creating the iterator must not draw from the global RNG (exact resume)
         self.loader = DataLoader(SeededSamples(dataset, config.seed), batch_size=cfg.batch_size,
@@ -107,8 +136,14 @@ class Trainer:
     def run(self, resume: str | os.PathLike | None) -> dict[str, Any] | None:
         cfg = self.config.train
         rng = None
+        if self.ctx.is_main:
+            removed = remove_stale_temporaries(self.out)
+            if removed:
+                self.say(f"removed {removed} temporary file(s) of checkpoint saves interrupted in {self.out}")
         if resume is not None:
-            self.progress, rng = load_training_state(resume, self.model, self.optimizer, self.scaler)
+            self.progress, rng = load_training_state(resume, self.model, self.optimizer, self.scaler,
+                                                     batch_size=cfg.batch_size, world_size=self.ctx.world_size)
+            self.log.drop_after(self.progress.iteration)  # iterations after the save are trained again
             self.say(f"resumed from {resume} at epoch {self.progress.epoch}, iteration {self.progress.iteration}")
         elif cfg.init_checkpoint:
             report = initialise_from_checkpoint(self.model, cfg.init_checkpoint)
@@ -138,7 +173,7 @@ class Trainer:
             "iterations": self.progress.iteration,
             "epochs": self.progress.epoch,
             "stopped_early": stopped,
-            "best_metric": self.progress.best_metric,
+            "best_metric": self.progress.best_metric if math.isfinite(self.progress.best_metric) else None,
             "latest_checkpoint": str(self.out / "latest.pth"),
             "best_checkpoint": str(self.out / "best.pth") if (self.out / "best.pth").exists() else None,
             "last_eval": self.last_eval,
@@ -161,7 +196,7 @@ class Trainer:
                 lr = self.schedule.apply(self.optimizer, progress.iteration, epoch)
                 terms = train_step(net, batch, self.optimizer, self.scaler, device=ctx.device, amp=cfg.amp,
                                    quality_lambda=quality_lambda, input_size=self.config.data.input_size,
-                                   grad_clip=cfg.grad_clip)
+                                   grad_clip=cfg.grad_clip, sigmas=self.sigmas)
                 progress.iteration += 1
                 count += 1
                 for key, value in terms.items():
@@ -207,5 +242,5 @@ class Trainer:
     def save_latest(self) -> None:
         if self.ctx.is_main:
             save_training_state(self.out / "latest.pth", self.model, self.optimizer, self.scaler, self.progress,
-                                self.config.to_dict())
+                                self.config.to_dict(), world_size=self.ctx.world_size)
         barrier(self.ctx)

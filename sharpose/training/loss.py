@@ -1,11 +1,12 @@
 """Training losses: target-weighted heatmap MSE (both models) and SHaRPose's quality loss (Eq. 9-11)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from sharpose.data.keypoints import COCO_SIGMAS
 from sharpose.evaluation import heatmap_oks
 from sharpose.models import PoseOutput
 
@@ -28,13 +29,14 @@ def joints_mse_loss(heatmaps: torch.Tensor, target: torch.Tensor, target_weight:
 
 
 def pose_loss(output: PoseOutput, batch: Mapping[str, torch.Tensor], *,
-              quality_lambda: float = 0.0, input_size: tuple[int, int] | None = None) -> LossOutput:
+              quality_lambda: float = 0.0, input_size: tuple[int, int] | None = None,
+              sigmas: Sequence[float] = COCO_SIGMAS) -> LossOutput:
     """The training loss of either model for a collated batch ('target', 'target_weight', 'joints', 'scale').
 
     ViTPose: the heatmap MSE. SHaRPose (train mode, every sample through both stages): the coarse and the
     fine heatmap MSE plus `quality_lambda` x the MSE between the predicted quality and the OKS of the
     coarse heatmaps (no gradient), over the instances with at least one labelled joint, as the released
-    head does. The quality term stays in the graph when `quality_lambda` is 0, so that every parameter
+    head does; `sigmas` are the dataset's OKS constants (one per keypoint). The quality term stays in the graph when `quality_lambda` is 0, so that every parameter
     gets a (zero) gradient, which DistributedDataParallel without find_unused_parameters needs.
     """
     target, weight = batch["target"], batch["target_weight"]
@@ -45,7 +47,8 @@ def pose_loss(output: PoseOutput, batch: Mapping[str, torch.Tensor], *,
     coarse = joints_mse_loss(output.coarse_heatmaps, target, weight)
     fine = joints_mse_loss(output.heatmaps, target, weight)
     oks, valid = heatmap_oks(
-        output.coarse_heatmaps, batch["joints"], weight[..., 0] > 0, batch["scale"], input_size=input_size
+        output.coarse_heatmaps, batch["joints"], weight[..., 0] > 0, batch["scale"], input_size=input_size,
+        sigmas=sigmas,
     )
     # mean over the valid instances without a host sync; 0 when there are none
     valid = valid.float()

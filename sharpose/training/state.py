@@ -46,7 +46,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, progress: Progress, config: dict[str, Any]) -> None:
+                        scaler: torch.amp.GradScaler, progress: Progress, config: dict[str, Any],
+                        world_size: int = 1) -> None:
     """Atomically write everything `--resume` needs (the unwrapped model: no DDP 'module.' prefix)."""
     save_checkpoint(
         model, path,
@@ -57,19 +58,35 @@ def save_training_state(path: str | os.PathLike, model: nn.Module, optimizer: to
         best_metric=progress.best_metric,
         rng=rng_state(),
         config=config,
+        world_size=world_size,
     )
 
 
 def load_training_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler) -> tuple[Progress, dict[str, Any]]:
+                        scaler: torch.amp.GradScaler, *, batch_size: int | None = None,
+                        world_size: int | None = None) -> tuple[Progress, dict[str, Any]]:
     """Restore model, optimizer and scaler from `path`; returns the progress and the RNG states, which
-    the caller restores (`set_rng_state`) right before training continues."""
+    the caller restores (`set_rng_state`) right before training continues.
+
+    Resuming continues mid-epoch from the saved sample position, which is only the same data order with
+    the same batch size and number of processes: CheckpointError when `batch_size` or `world_size`
+    (when given) differ from the saved run's."""
     # read to the CPU: RNG states must stay CPU tensors; the loads copy weights and moments to their device
     checkpoint = load_checkpoint(model, path, map_location="cpu")
     missing = [k for k in ("optimizer", "scaler", "epoch", "iteration", "rng") if k not in checkpoint]
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (no {', '.join(missing)}); "
                          "use it as train.init_checkpoint instead")
+    saved_batch = (checkpoint.get("config") or {}).get("train", {}).get("batch_size")
+    saved_world = checkpoint.get("world_size")  # absent in checkpoints of older versions
+    differs = ((batch_size is not None and saved_batch is not None and saved_batch != batch_size)
+               or (world_size is not None and saved_world is not None and saved_world != world_size))
+    if differs:
+        raise CheckpointError(
+            f"{path} was saved by a run of {saved_world or '?'} process(es) x batch size {saved_batch}; this run "
+            f"has {world_size} x {batch_size}: resume with the same (--set train.batch_size={saved_batch}, "
+            f"{saved_world or 'the same number of'} process(es)), or start a new run from its weights with "
+            f"--set train.init_checkpoint={path}")
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     progress = Progress(checkpoint["epoch"], checkpoint["iteration"], checkpoint.get("best_metric", float("-inf")))
