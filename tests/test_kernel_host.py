@@ -1,0 +1,114 @@
+"""The kernels package's structure and the host side of the Triton ops: no import cycle, one op
+set, triton imported only on first use, the direct (no-dispatch) path equal to the registered op,
+and a clear refusal of bf16 under the interpreter."""
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+from kernels.op_set import OPS, TRITON_MODULES
+
+KERNELS_DIR = Path(kernels.__file__).parent
+CUDA = torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------------------------
+# Package structure
+# ----------------------------------------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    return "kernels" if path.stem == "__init__" else f"kernels.{path.stem}"
+
+
+def import_graph(directory: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it may import: `import` / `from ... import` statements anywhere
+    in the file (also inside functions), and every string constant naming one of the modules, which
+    covers `importlib.import_module` targets, also when they come from a table of module names."""
+    paths = sorted(directory.glob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    graph = {}
+    for path in paths:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x / from .x import y
+                    base = "kernels" + (f".{base}" if base else "")
+                names.add(base)
+                names |= {f"{base}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)
+        graph[_module_name(path)] = {n for n in names if n in modules} - {_module_name(path)}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    done, path = set(), []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_import_cycle_among_kernel_modules():
+    graph = import_graph(KERNELS_DIR)
+    assert graph["kernels.fused_attention"] >= {"kernels.device", "kernels.library"}  # the scan sees imports
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_cycle_finder_sees_import_module_targets(tmp_path):
+    """The layout the package had: fused_attention -> backend -> (import_module) triton_ops -> fused_attention."""
+    (tmp_path / "fused_attention.py").write_text("from kernels.backend import device_guard\n")
+    (tmp_path / "backend.py").write_text(
+        "import importlib\n\ndef ops_for():\n    return importlib.import_module('kernels.triton_ops')\n")
+    (tmp_path / "triton_ops.py").write_text("from kernels.fused_attention import attention\n")
+    cycle = find_cycle(import_graph(tmp_path))
+    assert cycle is not None and set(cycle) == {"kernels.fused_attention", "kernels.backend", "kernels.triton_ops"}
+
+
+def test_one_op_set_for_both_backends():
+    from kernels import triton_ops
+
+    assert set(OPS) == {"attention", "compose_tokens", "compose_tokens_padded", "varlen_attention"}
+    assert triton_ops.__all__ == list(OPS)
+    for name in OPS:
+        assert callable(getattr(reference, name)), name
+        assert getattr(triton_ops, name) is getattr(importlib.import_module(TRITON_MODULES[name]), name)
+        assert getattr(kernels, name) is getattr(triton_ops, name)
+
+
+def test_importing_kernels_does_not_import_triton():
+    code = ("import sys, torch, kernels, kernels.backend, kernels.device, kernels.library, kernels.op_set; "
+            "kernels.ops_for('reference', torch.device('cpu')); "
+            "assert 'triton' not in sys.modules, 'triton was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=KERNELS_DIR.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
