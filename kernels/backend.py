@@ -2,15 +2,14 @@
 reference or the Triton kernels, with the same signatures."""
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import torch
 
+from kernels import reference
 from kernels.device import check_kernel_device, triton_installed
 
 BACKENDS = ("reference", "triton", "auto")
-_BACKEND_MODULES = {"reference": "kernels.reference", "triton": "kernels.triton_ops"}
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -32,4 +31,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def ops_for(backend: str, device: torch.device) -> ModuleType:
     """The module holding the ops (`kernels.op_set.OPS`) of the resolved backend."""
-    return importlib.import_module(_BACKEND_MODULES[resolve_backend(backend, device)])
+    if resolve_backend(backend, device) == "triton":
+        from kernels import triton_ops  # on first use: it imports triton (an import statement, which torch.compile traces)
+
+        return triton_ops
+    return reference

@@ -32,7 +32,8 @@ def _module_name(path: Path) -> str:
 def import_graph(directory: Path) -> dict[str, set[str]]:
     """Module -> the package's modules it may import: `import` / `from ... import` statements anywhere
     in the file (also inside functions), and every string constant naming one of the modules, which
-    covers `importlib.import_module` targets, also when they come from a table of module names."""
+    covers `importlib.import_module` targets, also when they come from a table of module names.
+    (Importing a submodule runs the package's __init__ first, whoever imports it: that is no edge.)"""
     paths = sorted(directory.glob("*.py"))
     modules = {_module_name(p) for p in paths}
     graph = {}
@@ -45,8 +46,8 @@ def import_graph(directory: Path) -> dict[str, set[str]]:
                 base = node.module or ""
                 if node.level:  # relative: from . import x / from .x import y
                     base = "kernels" + (f".{base}" if base else "")
-                names.add(base)
-                names |= {f"{base}.{alias.name}" for alias in node.names}
+                for alias in node.names:  # `from kernels import reference` imports the submodule
+                    names.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 names.add(node.value)
         graph[_module_name(path)] = {n for n in names if n in modules} - {_module_name(path)}
