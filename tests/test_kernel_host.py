@@ -113,3 +113,61 @@ def test_importing_kernels_does_not_import_triton():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=KERNELS_DIR.parent)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# The host path of the ops
+# ----------------------------------------------------------------------------------------------
+
+
+def bf16_calls():
+    """One call of each op on small bf16 CPU tensors (every float input bf16, or only the first)."""
+    import torch.nn.functional as F
+
+    def attention(dtype, grad):
+        q, k, v = (torch.randn(1, 2, 8, 16, dtype=dtype, requires_grad=grad) for _ in range(3))
+        return kernels.attention(q, k, v, score=torch.zeros(1, 8), score_rows=(0, 2))
+
+    def varlen_attention(dtype, grad):
+        q, k, v = (torch.randn(8, 2, 16, dtype=dtype, requires_grad=grad) for _ in range(3))
+        return kernels.varlen_attention(q, k, v, torch.tensor([0, 3, 8], dtype=torch.int32), 5)
+
+    def compose_tokens(dtype, grad):
+        K, D, N_c, ks = 2, 8, 6, [1, 0]
+        order = torch.stack([torch.randperm(N_c) for _ in ks])
+        cu_seqlens = F.pad(torch.tensor([K + N_c + 3 * k for k in ks]).cumsum(0), (1, 0)).to(torch.int32)
+        tokens = [torch.randn(*shape, dtype=dtype, requires_grad=grad)
+                  for shape in ((K, D), (4 * sum(ks), D), (4 * N_c, D), (sum(ks), D), (len(ks), N_c, D))]
+        return kernels.compose_tokens(*tokens, order, cu_seqlens, (2, 3), K + N_c + 3)
+
+    return {"attention": attention, "varlen_attention": varlen_attention, "compose_tokens": compose_tokens}
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the kernels compute in bf16")
+@pytest.mark.parametrize("grad", [False, True], ids=["no grad", "requires grad"])
+@pytest.mark.parametrize("op", sorted(bf16_calls()))
+def test_interpreter_refuses_bf16_in_one_line(op, grad):
+    call = bf16_calls()[op]
+    assert call(torch.float16, grad).dtype == torch.float16  # the same call in fp16 runs
+    with pytest.raises(ValueError, match=rf"^{op} \(Triton interpreter, CPU\) does not support torch\.bfloat16: "
+                                         r"[^\n]*use float32 or float16 on the CPU[^\n]*$"):
+        call(torch.bfloat16, grad)
+
+
+def test_direct_launch_equals_the_registered_op(device):
+    """Without gradients the functions launch the kernels directly; with them they go through
+    torch.ops.sharpose.*: the same kernels on the same inputs, the same bits."""
+    q, k, v = torch.randn(3, 2, 3, 40, 32, device=device).unbind(0)
+    start = torch.rand(2, 30, device=device)
+    scores = [start.clone() for _ in range(2)]
+    outs = []
+    for grad, score in zip((False, True), scores):
+        q_in = q.clone().requires_grad_(grad)
+        outs.append(kernels.attention(q_in, k, v, score=score, score_rows=(1, 6), score_cols=(10, 40)))
+    assert outs[1].grad_fn is not None and outs[0].grad_fn is None
+    assert torch.equal(outs[0], outs[1].detach())
+    assert not torch.equal(scores[0], start)
+    if device.type == "cpu":  # the interpreter adds the score terms in one fixed order; atomics do not
+        assert torch.equal(scores[0], scores[1])
+    else:
+        torch.testing.assert_close(scores[0], scores[1])
