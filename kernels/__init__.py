@@ -18,5 +18,6 @@ __all__ = ["BACKENDS", "interpreter_enabled", "ops_for", "reference", "resolve_b
 
 def __getattr__(name: str) -> Any:
     if name in OPS:
-        return getattr(importlib.import_module("kernels.triton_ops"), name)
+        op = globals()[name] = getattr(importlib.import_module("kernels.triton_ops"), name)  # found directly next time
+        return op
     raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -507,7 +507,48 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if H > _MAX_GRID_YZ or B > _MAX_GRID_YZ:
         raise ValueError(f"at most {_MAX_GRID_YZ} heads and {_MAX_GRID_YZ} samples per call, got H={H}, B={B}")
-    check_kernel_device(q.device, "attention", q.dtype)
+
+
+def _check_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    score: torch.Tensor | None,
+    score_rows: tuple[int, int] | None,
+    score_cols: tuple[int, int] | None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check the arguments of `attention` (all but the device's ability to run the kernel, which
+    depends on the environment); return the resolved score ranges."""
+    _check_qkv(q, k, v)
+    if score is None:
+        return (0, 0), (0, 0)
+    rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
+    if score.device != q.device:
+        raise ValueError(f"score must be on {q.device}, got {score.device}")
+    return rows, cols
+
+
+# What `_check_args` depends on -> its answer, for the calls that passed. The model calls the op
+# with a few signatures, so the checks run when a signature changes, not on every call.
+_CHECKED: dict[tuple, tuple[tuple[int, int], tuple[int, int]]] = {}
+_MAX_CHECKED = 1024
+
+
+def _hashable(bounds: tuple[int, int] | None) -> tuple | None:
+    return bounds if bounds is None or type(bounds) is tuple else tuple(bounds)
+
+
+def _check_args_once(q, k, v, score, score_rows, score_cols) -> tuple[tuple[int, int], tuple[int, int]]:
+    signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device) + (
+        () if score is None else
+        (score.shape, score.dtype, score.device, _hashable(score_rows), _hashable(score_cols)))
+    ranges = _CHECKED.get(signature)
+    if ranges is None:
+        ranges = _check_args(q, k, v, score, score_rows, score_cols)
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        _CHECKED[signature] = ranges
+    return ranges
 
 
 def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
@@ -713,17 +754,16 @@ def attention(
     (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) tensor laid out as a
     contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
     """
-    _check_qkv(q, k, v)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if score is None:
-        if dispatch_needed(q, k, v):
+    if dispatch_needed(q, k, v):  # autograd or a trace records the call: the registered op
+        rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
+        check_kernel_device(q.device, "attention", q.dtype)
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        if score is None:
             return _attention_op(q, k, v, scale)[0]
-        return attention_forward(q, k, v, scale)[0]
-    rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
-    if score.device != q.device:
-        raise ValueError(f"score must be on {q.device}, got {score.device}")
-    if dispatch_needed(q, k, v):
         out, _, updated = _attention_score_op(q, k, v, scale, score, *rows, *cols, float(score_weight))
         score.copy_(updated)
         return out
+    rows, cols = _check_args_once(q, k, v, score, score_rows, score_cols)
+    check_kernel_device(q.device, "attention", q.dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight))[0]

@@ -171,3 +171,18 @@ def test_direct_launch_equals_the_registered_op(device):
         assert torch.equal(scores[0], scores[1])
     else:
         torch.testing.assert_close(scores[0], scores[1])
+
+
+@pytest.mark.skipif(CUDA, reason="switches the interpreter off for CPU tensors")
+def test_checks_remembered_per_signature_still_catch_what_changed(monkeypatch):
+    """`attention` checks a signature (shapes, dtypes, devices, score ranges) once; what the signature
+    does not hold is still checked on every call: new score ranges, the device's ability to run."""
+    q = torch.randn(1, 2, 8, 16)
+    score = torch.zeros(1, 4)
+    with torch.no_grad():
+        kernels.attention(q, q, q, score=score, score_rows=(0, 2), score_cols=(4, 8))
+        with pytest.raises(ValueError, match=r"score_cols=\(6, 10\) is outside the 8 key columns"):
+            kernels.attention(q, q, q, score=score, score_rows=(0, 2), score_cols=(6, 10))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="attention \\(Triton\\) got tensors on cpu"):
+            kernels.attention(q, q, q, score=score, score_rows=(0, 2), score_cols=(4, 8))
