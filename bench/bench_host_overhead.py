@@ -14,8 +14,9 @@ tensors pass the device check with TRITON_INTERPRET=1, set here before triton is
 CPU the varlen and composition ops also read `cu_seqlens` / `order` to check their values, which
 they skip on a GPU; the lines marked "as on a GPU" skip those checks too.
 
-Each line: the fastest and the median of the timed rounds (mean per call within a round); on a
-shared machine the fastest round is the better estimate of the cost itself.
+Each line: the fastest and the median of the timed rounds (mean per call within a round), in CPU
+time of this process (`time.process_time`, one torch thread), so that other processes on a shared
+machine do not count; the fastest round is the better estimate of the cost itself.
 """
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ def per_call_us(call: Callable[[], object], calls: int, repeats: int) -> tuple[f
         call()
     rounds = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(calls):
             call()
-        rounds.append((time.perf_counter() - start) / calls * 1e6)
+        rounds.append((time.process_time() - start) / calls * 1e6)
     return min(rounds), statistics.median(rounds)
 
 

@@ -528,9 +528,11 @@ def _check_args(
     return rows, cols
 
 
-# What `_check_args` depends on -> its answer, for the calls that passed. The model calls the op
-# with a few signatures, so the checks run when a signature changes, not on every call.
-_CHECKED: dict[tuple, tuple[tuple[int, int], tuple[int, int]]] = {}
+# What `_check_args` and the launch configuration depend on -> the resolved score ranges and the
+# configuration, for the calls that passed the checks. The model calls the op with a few
+# signatures, so the checks run and the configuration is chosen when a signature changes, not on
+# every call.
+_CHECKED: dict[tuple, tuple[tuple[int, int], tuple[int, int], AttentionConfig]] = {}
 _MAX_CHECKED = 1024
 
 
@@ -538,17 +540,18 @@ def _hashable(bounds: tuple[int, int] | None) -> tuple | None:
     return bounds if bounds is None or type(bounds) is tuple else tuple(bounds)
 
 
-def _check_args_once(q, k, v, score, score_rows, score_cols) -> tuple[tuple[int, int], tuple[int, int]]:
+def _check_args_once(q, k, v, score, score_rows, score_cols):
     signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device) + (
         () if score is None else
         (score.shape, score.dtype, score.device, _hashable(score_rows), _hashable(score_cols)))
-    ranges = _CHECKED.get(signature)
-    if ranges is None:
-        ranges = _check_args(q, k, v, score, score_rows, score_cols)
+    checked = _CHECKED.get(signature)
+    if checked is None:
+        rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
+        config = attention_config(q.shape[3], q.dtype, interpreter=q.device.type != "cuda")
         if len(_CHECKED) >= _MAX_CHECKED:
             _CHECKED.clear()
-        _CHECKED[signature] = ranges
-    return ranges
+        checked = _CHECKED[signature] = rows, cols, config
+    return checked
 
 
 def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
@@ -763,7 +766,7 @@ def attention(
         out, _, updated = _attention_score_op(q, k, v, scale, score, *rows, *cols, float(score_weight))
         score.copy_(updated)
         return out
-    rows, cols = _check_args_once(q, k, v, score, score_rows, score_cols)
+    rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
     check_kernel_device(q.device, "attention", q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight))[0]
+    return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]
