@@ -32,7 +32,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def ops_for(backend: str, device: torch.device) -> ModuleType:
     """The module holding the ops (`kernels.op_set.OPS`) of the resolved backend."""
     if resolve_backend(backend, device) == "triton":
-        from kernels import triton_ops  # on first use: it imports triton (an import statement, which torch.compile traces)
+        # imported on first use (it imports triton); an import statement, which torch.compile traces
+        from kernels import triton_ops
 
         return triton_ops
     return reference
