@@ -9,21 +9,15 @@ import importlib
 from typing import Any
 
 from kernels import reference
-from kernels.backend import BACKENDS, interpreter_enabled, ops_for, resolve_backend
+from kernels.backend import BACKENDS, ops_for, resolve_backend
+from kernels.device import interpreter_enabled
+from kernels.op_set import OPS
 
-__all__ = ["BACKENDS", "interpreter_enabled", "ops_for", "reference", "resolve_backend", "attention", "compose_tokens",
-           "compose_tokens_padded", "varlen_attention"]
-
-_TRITON_OPS = {
-    "attention": "kernels.fused_attention",
-    "compose_tokens": "kernels.token_composition",
-    "compose_tokens_padded": "kernels.token_composition",
-    "varlen_attention": "kernels.varlen_fused_attention",
-}
+__all__ = ["BACKENDS", "interpreter_enabled", "ops_for", "reference", "resolve_backend", *OPS]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TRITON_OPS:
-        return getattr(importlib.import_module(_TRITON_OPS[name]), name)
+    if name in OPS:
+        op = globals()[name] = getattr(importlib.import_module("kernels.triton_ops"), name)  # found directly next time
+        return op
     raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-

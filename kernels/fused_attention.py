@@ -1,7 +1,8 @@
 """Fused softmax attention with keypoint-attention EMA accumulation (Triton), forward and backward.
 
-One file, Liger-Kernel style: the Triton kernels, the launchers, a `torch.autograd.Function`
-and the functional entry point `attention`, whose signature is that of
+One file, Liger-Kernel style: the Triton kernels, the launchers, their registration as PyTorch
+ops (`torch.ops.sharpose.attention`, `attention_score`, `attention_backward`, see
+kernels/library.py) and the functional entry point `attention`, whose signature is that of
 `kernels.reference.attention` (the oracle the tests compare against).
 
 Forward (FlashAttention-style, the N x N matrix never exists in memory)
@@ -31,8 +32,8 @@ Backward (FlashAttention-2)
 Layouts
     q, k, v are (B, H, N, d) with arbitrary strides (e.g. views of a fused qkv projection);
     nothing is copied, the strides go to the kernels. The output (and dq, dk, dv) are allocated
-    token-major, as a (B, N, H, d) contiguous buffer returned through a (B, H, N, d) view
-    (`.transpose(1, 2)`), so that the caller's `out.transpose(1, 2).reshape(B, N, H * d)` is free.
+    token-major: (B, H, N, d) tensors laid out as a contiguous (B, N, H, d) buffer, so that the
+    caller's `out.transpose(1, 2).reshape(B, N, H * d)` is free.
 
 Variable-length sequences
     The per-tile work lives in `@triton.jit` helpers that take base pointers already offset to
@@ -51,12 +52,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import check_kernel_device, device_guard
+from torch import Tensor
+
+from kernels.device import KERNEL_DTYPES, cdiv, check_kernel_device, device_guard
+from kernels.library import define_op, dispatch_needed
 from kernels.reference import _check_score_args
 
 __all__ = [
     "attention",
-    "FusedAttentionFunction",
     "AttentionConfig",
     "KernelLaunch",
     "attention_config",
@@ -494,9 +497,11 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"k and v must have the same sequence length, got {k.shape[2]} and {v.shape[2]}")
     if k.shape[2] == 0 and q.shape[2] > 0:
         raise ValueError("attention over an empty key sequence is undefined")
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {d}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"unsupported dtype {q.dtype}; expected float32, float16 or bfloat16")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
@@ -504,9 +509,54 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"at most {_MAX_GRID_YZ} heads and {_MAX_GRID_YZ} samples per call, got H={H}, B={B}")
 
 
+def _check_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    score: torch.Tensor | None,
+    score_rows: tuple[int, int] | None,
+    score_cols: tuple[int, int] | None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check the arguments of `attention` (all but the device's ability to run the kernel, which
+    depends on the environment); return the resolved score ranges."""
+    _check_qkv(q, k, v)
+    if score is None:
+        return (0, 0), (0, 0)
+    rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
+    if score.device != q.device:
+        raise ValueError(f"score must be on {q.device}, got {score.device}")
+    return rows, cols
+
+
+# What `_check_args` and the launch configuration depend on -> the resolved score ranges and the
+# configuration, for the calls that passed the checks. The model calls the op with a few
+# signatures, so the checks run and the configuration is chosen when a signature changes, not on
+# every call.
+_CHECKED: dict[tuple, tuple[tuple[int, int], tuple[int, int], AttentionConfig]] = {}
+_MAX_CHECKED = 1024
+
+
+def _hashable(bounds: tuple[int, int] | None) -> tuple | None:
+    return bounds if bounds is None or type(bounds) is tuple else tuple(bounds)
+
+
+def _check_args_once(q, k, v, score, score_rows, score_cols):
+    signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device) + (
+        () if score is None else
+        (score.shape, score.dtype, score.device, _hashable(score_rows), _hashable(score_cols)))
+    checked = _CHECKED.get(signature)
+    if checked is None:
+        rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
+        config = attention_config(q.shape[3], q.dtype, interpreter=q.device.type != "cuda")
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        checked = _CHECKED[signature] = rows, cols, config
+    return checked
+
+
 def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
-    """A (B, H, N, d) view of a contiguous (B, N, H, d) buffer."""
-    return torch.empty((B, N, H, d), dtype=like.dtype, device=like.device).transpose(1, 2)
+    """A (B, H, N, d) tensor laid out as a contiguous (B, N, H, d) buffer."""
+    return torch.empty_strided((B, H, N, d), (N * H * d, d, H * d, 1), dtype=like.dtype, device=like.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,7 +598,7 @@ def attention_forward(
         return out, lse
     score_arg = score if has_score else lse  # any valid pointer; unused without HAS_SCORE
     score_strides = (score.stride(0), score.stride(1)) if has_score else (0, 0)
-    grid = (triton.cdiv(Nq, cfg.fwd.block_m), H, B)
+    grid = (cdiv(Nq, cfg.fwd.block_m), H, B)
     with device_guard(q):
         _attn_fwd[grid](
             q, k, v, out, lse, score_arg,
@@ -593,14 +643,14 @@ def attention_backward(
         return dq, dk, dv
     delta = torch.empty_like(lse)
     with device_guard(q):
-        _attn_bwd_preprocess[(triton.cdiv(Nq, cfg.delta.block_m), H, B)](
+        _attn_bwd_preprocess[(cdiv(Nq, cfg.delta.block_m), H, B)](
             out, dout, delta,
             *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
             Nq,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.delta.block_m,
             num_warps=cfg.delta.num_warps, num_stages=cfg.delta.num_stages,
         )
-        _attn_bwd_dkdv[(triton.cdiv(Nk, cfg.dkdv.block_n), H, B)](
+        _attn_bwd_dkdv[(cdiv(Nk, cfg.dkdv.block_n), H, B)](
             q, k, v, dout, lse, delta, dk, dv,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(),
             lse.stride(0), lse.stride(1), *dk.stride(), *dv.stride(),
@@ -608,7 +658,7 @@ def attention_backward(
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
             num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages,
         )
-        _attn_bwd_dq[(triton.cdiv(Nq, cfg.dq.block_m), H, B)](
+        _attn_bwd_dq[(cdiv(Nq, cfg.dq.block_m), H, B)](
             q, k, v, dout, lse, delta, dq,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(),
             lse.stride(0), lse.stride(1), *dq.stride(),
@@ -620,26 +670,73 @@ def attention_backward(
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd and the functional entry point
+# PyTorch ops (kernels.library): sharpose::attention, sharpose::attention_score and the backward
 # ----------------------------------------------------------------------------------------------
+# The ops are functional: the score op returns `score` plus this layer's term as a new tensor,
+# which the public function copies back into the caller's buffer.
 
 
-class FusedAttentionFunction(torch.autograd.Function):
-    """softmax(q k^T * scale) v, differentiable in q, k, v; optionally adds into `score`."""
+def _attention_impl(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    return attention_forward(q, k, v, scale)
 
-    @staticmethod
-    def forward(ctx, q, k, v, scale, score, score_rows, score_cols, score_weight):
-        out, lse = attention_forward(q, k, v, scale, score, score_rows, score_cols, score_weight)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(dout, q, k, v, out, lse, ctx.scale)
-        return dq, dk, dv, None, None, None, None, None
+def _attention_fake(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    B, H, N, d = q.shape
+    return _token_major(B, H, N, d, q), q.new_empty((B, H, N), dtype=torch.float32)
+
+
+def _attention_score_impl(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, score: Tensor,
+    row_start: int, row_end: int, col_start: int, col_end: int, score_weight: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    score = score.clone()
+    out, lse = attention_forward(q, k, v, scale, score, (row_start, row_end), (col_start, col_end), score_weight)
+    return out, lse, score
+
+
+def _attention_score_fake(q, k, v, scale, score, row_start, row_end, col_start, col_end, score_weight):
+    return *_attention_fake(q, k, v, scale), torch.empty_like(score)
+
+
+def _attention_backward_impl(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return attention_backward(dout, q, k, v, out, lse, scale)
+
+
+def _attention_backward_fake(dout, q, k, v, out, lse, scale):
+    B, H, Nq, d = q.shape
+    Nk = k.shape[2]
+    return _token_major(B, H, Nq, d, q), _token_major(B, H, Nk, d, k), _token_major(B, H, Nk, d, v)
+
+
+_attention_backward_op = define_op("attention_backward", _attention_backward_impl, _attention_backward_fake)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, scale = inputs[:4]
+    out, lse = output[:2]
+    ctx.mark_non_differentiable(*output[1:])  # the log-sum-exp and the score carry no gradient
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+    ctx.num_inputs = len(inputs)
+
+
+def _backward(ctx, dout, *_):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _attention_backward_op(dout, q, k, v, out, lse, ctx.scale)
+    return dq, dk, dv, *(None,) * (ctx.num_inputs - 3)
+
+
+_attention_op = define_op("attention", _attention_impl, _attention_fake,
+                          backward=_backward, setup_context=_setup_context)
+_attention_score_op = define_op("attention_score", _attention_score_impl, _attention_score_fake,
+                                backward=_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional entry point
+# ----------------------------------------------------------------------------------------------
 
 
 def attention(
@@ -657,15 +754,19 @@ def attention(
 
     With `score`, also adds `score_weight` times the head-mean of the attention probabilities,
     summed over query rows `score_rows` and restricted to key columns `score_cols`, into the
-    (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) view of a
+    (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) tensor laid out as a
     contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
     """
-    _check_qkv(q, k, v)
-    check_kernel_device(q.device, "attention")
+    if dispatch_needed(q, k, v):  # autograd or a trace records the call: the registered op
+        rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
+        check_kernel_device(q.device, "attention", q.dtype)
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        if score is None:
+            return _attention_op(q, k, v, scale)[0]
+        out, _, updated = _attention_score_op(q, k, v, scale, score, *rows, *cols, float(score_weight))
+        score.copy_(updated)
+        return out
+    rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
+    check_kernel_device(q.device, "attention", q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    rows, cols = (0, 0), (0, 0)
-    if score is not None:
-        rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
-        if score.device != q.device:
-            raise ValueError(f"score must be on {q.device}, got {score.device}")
-    return FusedAttentionFunction.apply(q, k, v, scale, score, rows, cols, float(score_weight))
+    return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]

@@ -1,8 +1,9 @@
 """Sparse token composition of SHaRPose's fine stage (Triton), forward and backward.
 
-One file, Liger-Kernel style: the Triton kernels, the launchers, a `torch.autograd.Function`
-and the functional entry points `compose_tokens` / `compose_tokens_padded`, whose signatures
-are those of `kernels.reference` (the oracle the tests compare against).
+One file, Liger-Kernel style: the Triton kernels, the launchers, their registration as PyTorch
+ops (`torch.ops.sharpose.compose_tokens` and its backward, see kernels/library.py) and the
+functional entry points `compose_tokens` / `compose_tokens_padded`, whose signatures are those
+of `kernels.reference` (the oracle the tests compare against).
 
 The contract: the fine-stage token layout of docs/design.md, section 3, and the op of section 4.3.
 Below, sample i selects k_i patches p = order[i, s] (slots s < k_i), its sequence has length
@@ -56,13 +57,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import check_kernel_device, device_guard, interpreter_enabled
+from torch import Tensor
+
+from kernels.device import cdiv, check_kernel_device, device_guard, interpreter_enabled
+from kernels.library import define_op, dispatch_needed, tracing
 from kernels.reference import _check_compose_args, _check_compose_values, _padded_args
 
 __all__ = [
     "compose_tokens",
     "compose_tokens_padded",
-    "ComposeTokensFunction",
     "CompositionConfig",
     "composition_config",
     "compose_tokens_forward",
@@ -344,7 +347,7 @@ def compose_tokens_forward(
         _channels_contiguous, (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order)
     )
     assert out.stride(-1) == 1 or D == 1, "out must have contiguous channels"
-    grid = (R, triton.cdiv(max_seqlen, cfg.block_rows), triton.cdiv(D, cfg.block_d))
+    grid = (R, cdiv(max_seqlen, cfg.block_rows), cdiv(D, cfg.block_d))
     assert grid[1] <= _MAX_GRID_YZ and grid[2] <= _MAX_GRID_YZ, f"grid {grid} exceeds the CUDA limits"
     with device_guard(out):
         _compose_fwd_kernel[grid](
@@ -398,13 +401,13 @@ def compose_tokens_backward(
     cfg = config or composition_config(D, dtype)
     grad_out = _channels_contiguous(grad_out)
     order = _channels_contiguous(order)
-    d_blocks = triton.cdiv(D, cfg.block_d) if D else 0
+    d_blocks = cdiv(D, cfg.block_d) if D else 0
     k_max = max(0, min(N_c, (max_seqlen - K - N_c) // 3))
 
     with device_guard(grad_out):
         if (need_fine_embed or need_fine_pos or need_reuse) and R and S_p and k_max and d_blocks:
             dummy = grad_out
-            _compose_bwd_fine_kernel[(R, triton.cdiv(k_max, cfg.block_slots), d_blocks)](
+            _compose_bwd_fine_kernel[(R, cdiv(k_max, cfg.block_slots), d_blocks)](
                 grad_out, order, cu_seqlens,
                 d_fine_embed if need_fine_embed else dummy,
                 d_fine_pos_acc if need_fine_pos else dummy,
@@ -419,7 +422,7 @@ def compose_tokens_backward(
                 num_warps=cfg.num_warps,
             )
         if need_coarse and R and d_blocks:
-            _compose_bwd_coarse_kernel[(R, triton.cdiv(N_c, cfg.block_rows), d_blocks)](
+            _compose_bwd_coarse_kernel[(R, cdiv(N_c, cfg.block_rows), d_blocks)](
                 grad_out, order, cu_seqlens, d_coarse,
                 grad_out.stride(0), order.stride(0), d_coarse.stride(0), d_coarse.stride(1),
                 K, N_c, D,
@@ -440,33 +443,70 @@ def compose_tokens_backward(
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd and the functional entry points
+# PyTorch ops (kernels.library): sharpose::compose_tokens and its backward
 # ----------------------------------------------------------------------------------------------
 
 
-class ComposeTokensFunction(torch.autograd.Function):
-    """The packed fine-stage sequences; differentiable in the five token inputs."""
+def _compose_impl(
+    keypoint_tokens: Tensor, fine_embed: Tensor, fine_pos: Tensor, reuse: Tensor, coarse_embed: Tensor,
+    order: Tensor, cu_seqlens: Tensor, coarse_grid: list[int], max_seqlen: int,
+) -> Tensor:
+    return compose_tokens_forward(keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens,
+                                  coarse_grid, max_seqlen)
 
-    @staticmethod
-    def forward(ctx, keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens,
-                coarse_grid, max_seqlen):
-        out = compose_tokens_forward(keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order,
-                                     cu_seqlens, coarse_grid, max_seqlen)
-        ctx.save_for_backward(order, cu_seqlens)
-        ctx.coarse_grid = tuple(coarse_grid)
-        ctx.max_seqlen = max_seqlen
-        ctx.num_keypoints = keypoint_tokens.shape[0]
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
+def _compose_fake(keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid,
+                  max_seqlen):
+    (K, D), (R, N_c) = keypoint_tokens.shape, order.shape
+    return keypoint_tokens.new_empty((R * (K + N_c) + 3 * reuse.shape[0], D))
+
+
+def _compose_backward_impl(
+    grad_out: Tensor, order: Tensor, cu_seqlens: Tensor, coarse_grid: list[int], max_seqlen: int,
+    num_keypoints: int, needs_grad: list[bool],
+) -> list[Tensor]:
+    """The gradients of the token inputs that need one, in argument order."""
+    grads = compose_tokens_backward(grad_out, order, cu_seqlens, coarse_grid, max_seqlen, num_keypoints,
+                                    needs_grad=tuple(needs_grad))
+    return [g for g in grads if g is not None]
+
+
+def _compose_backward_fake(grad_out, order, cu_seqlens, coarse_grid, max_seqlen, num_keypoints, needs_grad):
+    (T, D), (R, N_c), K = grad_out.shape, order.shape, num_keypoints
+    S_p = (T - R * (K + N_c)) // 3
+    shapes = ((K, D), (4 * S_p, D), (4 * N_c, D), (S_p, D), (R, N_c, D))
+    return [grad_out.new_empty(shape) for shape, need in zip(shapes, needs_grad) if need]
+
+
+_compose_backward_op = define_op("compose_tokens_backward", _compose_backward_impl, _compose_backward_fake)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    keypoint_tokens, _, _, _, _, order, cu_seqlens, coarse_grid, max_seqlen = inputs
+    ctx.save_for_backward(order, cu_seqlens)
+    ctx.coarse_grid = coarse_grid
+    ctx.max_seqlen = max_seqlen
+    ctx.num_keypoints = keypoint_tokens.shape[0]
+
+
+def _backward(ctx, grad_out):
+    needs = [bool(n) for n in ctx.needs_input_grad[:5]]
+    grads = [None] * 9
+    if any(needs):
         order, cu_seqlens = ctx.saved_tensors
-        needs = tuple(bool(n) for n in ctx.needs_input_grad[:5])
-        if not any(needs):
-            return (None,) * 9
-        grads = compose_tokens_backward(grad_out, order, cu_seqlens, ctx.coarse_grid, ctx.max_seqlen,
-                                        ctx.num_keypoints, needs_grad=needs)
-        return (*grads, None, None, None, None)
+        computed = iter(_compose_backward_op(grad_out, order, cu_seqlens, ctx.coarse_grid, ctx.max_seqlen,
+                                             ctx.num_keypoints, needs))
+        grads[:5] = [next(computed) if need else None for need in needs]
+    return tuple(grads)
+
+
+_compose_op = define_op("compose_tokens", _compose_impl, _compose_fake, backward=_backward,
+                        setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional entry points
+# ----------------------------------------------------------------------------------------------
 
 
 def compose_tokens(
@@ -494,13 +534,15 @@ def compose_tokens(
         keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen
     )
     device = keypoint_tokens.device
-    check_kernel_device(device, "compose_tokens")
-    if device.type != "cuda":
+    check_kernel_device(device, "compose_tokens", keypoint_tokens.dtype)
+    if device.type != "cuda" and not tracing():
         _check_compose_values(order, cu_seqlens, K, N_c, S_p, max_seqlen)  # free on the CPU
     if R > 2**31 - 1:
         raise ValueError(f"too many samples ({R}) for one launch")
-    return ComposeTokensFunction.apply(keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order,
-                                       cu_seqlens, tuple(coarse_grid), max_seqlen)
+    tokens = (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed)
+    if dispatch_needed(*tokens):
+        return _compose_op(*tokens, order, cu_seqlens, list(coarse_grid), max_seqlen)
+    return compose_tokens_forward(*tokens, order, cu_seqlens, coarse_grid, max_seqlen)
 
 
 def compose_tokens_padded(

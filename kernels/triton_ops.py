@@ -1,6 +1,8 @@
-"""The Triton backend: the same op names and signatures as `kernels.reference`."""
-from kernels.fused_attention import attention
-from kernels.token_composition import compose_tokens, compose_tokens_padded
-from kernels.varlen_fused_attention import varlen_attention
+"""The Triton backend: the op set (`kernels.op_set`) with the names and signatures of `kernels.reference`."""
+import importlib
 
-__all__ = ["attention", "compose_tokens", "compose_tokens_padded", "varlen_attention"]
+from kernels.op_set import OPS, TRITON_MODULES
+
+__all__ = list(OPS)
+
+globals().update({name: getattr(importlib.import_module(TRITON_MODULES[name]), name) for name in OPS})

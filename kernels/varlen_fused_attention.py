@@ -1,7 +1,8 @@
 """Softmax attention over packed variable-length sequences (Triton), forward and backward.
 
-One file, Liger-Kernel style: the Triton kernels, the launchers, a `torch.autograd.Function`
-and the functional entry point `varlen_attention`, whose signature is that of
+One file, Liger-Kernel style: the Triton kernels, the launchers, their registration as PyTorch
+ops (`torch.ops.sharpose.varlen_attention` and its backward, see kernels/library.py) and the
+functional entry point `varlen_attention`, whose signature is that of
 `kernels.reference.varlen_attention` (the oracle the tests compare against). The per-tile work
 is `kernels.fused_attention`'s (`attn_fwd_tile`, `attn_bwd_delta_tile`, `attn_bwd_dkdv_tile`,
 `attn_bwd_dq_tile`), reused unchanged, as are its launch configurations (`attention_config`):
@@ -46,9 +47,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import check_kernel_device, device_guard
+from torch import Tensor
+
+from kernels.device import KERNEL_DTYPES, cdiv, check_kernel_device, device_guard
 from kernels.fused_attention import (
     LOG2E,
+    MAX_HEAD_DIM,
     AttentionConfig,
     attention_config,
     attn_bwd_delta_tile,
@@ -56,17 +60,16 @@ from kernels.fused_attention import (
     attn_bwd_dq_tile,
     attn_fwd_tile,
 )
+from kernels.library import define_op, dispatch_needed, tracing
 
 __all__ = [
     "varlen_attention",
-    "VarlenAttentionFunction",
     "varlen_attention_forward",
     "varlen_attention_backward",
     "varlen_attention_kernel_specs",
 ]
 
 _MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2 (heads, sequences)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # The (H, T) log-sum-exp / delta buffers have head stride T and the preprocess runs over T rows:
 # T changes from batch to batch, so do not specialise on it (no variant for T % 16 == 0).
@@ -231,7 +234,7 @@ def _check_varlen_args(
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.dtype not in _DTYPES:
+    if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"unsupported dtype {q.dtype}; expected float32, float16 or bfloat16")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
@@ -256,7 +259,9 @@ def _check_varlen_args(
         raise ValueError(f"at most {_MAX_GRID_YZ} heads and {_MAX_GRID_YZ} sequences per call, got H={H}, R={R}")
     if T > 2**31 - 1:
         raise ValueError(f"at most 2**31 - 1 packed tokens (cu_seqlens is int32), got T={T}")
-    attention_config(q.shape[2], q.dtype)  # raises for an unsupported head dim
+    if not 1 <= q.shape[2] <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {q.shape[2]}")
+    check_kernel_device(q.device, "varlen_attention", q.dtype)
 
 
 def _check_varlen_values(cu_seqlens: torch.Tensor, num_tokens: int, max_seqlen: int) -> None:
@@ -308,7 +313,7 @@ def varlen_attention_forward(
     if lse is None:
         lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
     assert lse.stride(1) == 1 or T <= 1, "lse must have unit stride along the tokens"
-    grid = (triton.cdiv(max_seqlen, cfg.fwd.block_m), H, R)
+    grid = (cdiv(max_seqlen, cfg.fwd.block_m), H, R)
     if T == 0 or 0 in grid:
         return out, lse
     with device_guard(q):
@@ -350,14 +355,14 @@ def varlen_attention_backward(
         return dq, dk, dv
     delta = torch.empty_like(lse)
     with device_guard(q):
-        _varlen_attn_bwd_preprocess[(triton.cdiv(T, cfg.delta.block_m), H)](
+        _varlen_attn_bwd_preprocess[(cdiv(T, cfg.delta.block_m), H)](
             out, dout, delta,
             *out.stride(), *dout.stride(), delta.stride(0),
             T,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.delta.block_m,
             num_warps=cfg.delta.num_warps, num_stages=cfg.delta.num_stages,
         )
-        _varlen_attn_bwd_dkdv[(triton.cdiv(max_seqlen, cfg.dkdv.block_n), H, R)](
+        _varlen_attn_bwd_dkdv[(cdiv(max_seqlen, cfg.dkdv.block_n), H, R)](
             q, k, v, dout, lse, delta, cu_seqlens, dk, dv,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(),
             lse.stride(0), *dk.stride(), *dv.stride(),
@@ -365,7 +370,7 @@ def varlen_attention_backward(
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
             num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages,
         )
-        _varlen_attn_bwd_dq[(triton.cdiv(max_seqlen, cfg.dq.block_m), H, R)](
+        _varlen_attn_bwd_dq[(cdiv(max_seqlen, cfg.dq.block_m), H, R)](
             q, k, v, dout, lse, delta, cu_seqlens, dq,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(),
             lse.stride(0), *dq.stride(),
@@ -377,27 +382,56 @@ def varlen_attention_backward(
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd and the functional entry point
+# PyTorch ops (kernels.library): sharpose::varlen_attention and its backward
 # ----------------------------------------------------------------------------------------------
 
 
-class VarlenAttentionFunction(torch.autograd.Function):
-    """softmax(q k^T * scale) v within each packed sequence, differentiable in q, k, v."""
+def _varlen_impl(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale)
 
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale):
-        out, lse = varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.max_seqlen = max_seqlen
-        ctx.scale = scale
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.scale)
-        return dq, dk, dv, None, None, None
+def _varlen_fake(q, k, v, cu_seqlens, max_seqlen, scale):
+    T, H, d = q.shape
+    return q.new_empty((T, H, d)), q.new_empty((H, T), dtype=torch.float32)
+
+
+def _varlen_backward_impl(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
+    max_seqlen: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
+
+
+def _varlen_backward_fake(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+_varlen_backward_op = define_op("varlen_attention_backward", _varlen_backward_impl, _varlen_backward_fake)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, cu_seqlens, max_seqlen, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.max_seqlen = max_seqlen
+    ctx.scale = scale
+
+
+def _backward(ctx, dout, _):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _varlen_backward_op(dout, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_varlen_op = define_op("varlen_attention", _varlen_impl, _varlen_fake, backward=_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional entry point
+# ----------------------------------------------------------------------------------------------
 
 
 def varlen_attention(
@@ -415,14 +449,16 @@ def varlen_attention(
     q, k, v (T, H, d), any strides; cu_seqlens (R + 1,) int32, sequence i = rows cu_seqlens[i] ..
     cu_seqlens[i + 1] - 1; max_seqlen a python int >= every length (sizes the launch grid only).
     Returns a contiguous (T, H, d) tensor: `out.reshape(T, H * d)` copies nothing. Shapes, dtypes
-    and devices are checked without a device sync; the values of cu_seqlens only on the CPU.
+    and devices are checked without a device sync; the values of cu_seqlens only on the CPU
+    (outside a trace, where they can be read).
     """
     _check_varlen_args(q, k, v, cu_seqlens, max_seqlen)
-    check_kernel_device(q.device, "varlen_attention")
-    if cu_seqlens.device.type == "cpu":  # free to check: no device sync
+    if cu_seqlens.device.type == "cpu" and not tracing():  # free to check: no device sync
         _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return VarlenAttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, scale)
+    if dispatch_needed(q, k, v):
+        return _varlen_op(q, k, v, cu_seqlens, max_seqlen, scale)[0]
+    return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -385,7 +385,8 @@ def build_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "export", parents=[common], help="export a model to ONNX, TorchScript or a torch.export program",
-        description="Export the reference-backend model for a fixed input shape (batch size x 3 x H x W). "
+        description="Export the model (on its backend; --set backend=triton needs TRITON_INTERPRET=1 on the CPU "
+        "and is not available for ONNX) for a fixed input shape (batch size x 3 x H x W). "
         "SHaRPose is exported with a fixed exit policy, every sample refined, and returns the tuple "
         f"({', '.join(SHaRPose.output_names)}); ViTPose returns (heatmaps,). The exported file is then run on a "
         "random batch and compared with the eager model: the max difference of each output is printed and "

@@ -1,9 +1,10 @@
 """Export of SHaRPose / ViTPose to ONNX, TorchScript or a torch.export ExportedProgram, verified against
 the eager model.
 
-SHaRPose is exported with a fixed exit policy, every sample refined (qp_threshold = inf, eval mode),
-on the reference backend: its forward then has no data-dependent control flow and no host-device sync.
-Shapes are static: the batch size is fixed at export time.
+SHaRPose is exported with a fixed exit policy, every sample refined (qp_threshold = inf, eval mode): its
+forward then has no data-dependent control flow and no host-device sync. On the Triton backend the
+kernels are recorded as calls to the registered ops `torch.ops.sharpose.*` (import `kernels.triton_ops`
+before loading such a file); ONNX cannot hold them. Shapes are static: the batch size is fixed at export time.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kernels import resolve_backend
 from sharpose.models import PoseModel, TupleOutputs
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -26,8 +28,13 @@ class ExportError(RuntimeError):
 
 
 def exportable(model: PoseModel) -> TupleOutputs:
-    """`model` in eval mode on the CPU, run on the reference backend with every sample refined."""
-    return TupleOutputs(model.eval().cpu(), qp_threshold=math.inf, backend="reference").eval()
+    """`model` in eval mode on the CPU, every sample refined, on its own backend."""
+    return TupleOutputs(model.eval().cpu(), qp_threshold=math.inf).eval()
+
+
+def runs_triton_kernels(model: PoseModel) -> bool:
+    """The model's backend resolves to the Triton kernels on the CPU (under the interpreter)."""
+    return resolve_backend(model.backend, torch.device("cpu")) == "triton"
 
 
 def check_onnx_available() -> None:
@@ -53,6 +60,9 @@ def export(wrapped: TupleOutputs, images: torch.Tensor, fmt: str, path: Path) ->
             with open(path, "wb") as f:  # a file object: any file name, not only *.pt2
                 torch.export.save(torch.export.export(wrapped, (images,)), f)
         elif fmt == "onnx":
+            if runs_triton_kernels(wrapped.model):
+                raise ExportError("--format onnx cannot hold the Triton kernels (torch.ops.sharpose.* ops); use "
+                                  "--format exported-program or torchscript, or --set backend=reference")
             check_onnx_available()
             # the TorchScript-based exporter: the dynamo one (onnxscript 0.7) cannot translate
             # repeat_interleave with output_size, which the fine stage's packing uses

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import backend
+from kernels import device as kernel_device
 
 CPU = torch.device("cpu")
 
@@ -26,13 +26,12 @@ def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
 
 @pytest.fixture
 def versions(monkeypatch):
-    """Pretend other package versions: {"triton": (3, 6), ...}; the verdict is cached, so clear it."""
+    """Pretend other package versions: {"triton": (3, 6), ...}; the verdict is kept once known, so forget it."""
     def pretend(found: dict[str, tuple[int, int]]) -> None:
-        monkeypatch.setattr(backend, "_version", lambda package: found[package])
-        backend._interpreter_incompatibility.cache_clear()
+        monkeypatch.setattr(kernel_device, "_version", lambda package: found[package])
+        monkeypatch.setattr(kernel_device, "_interpreter_verdict", [])
 
-    yield pretend
-    backend._interpreter_incompatibility.cache_clear()
+    return pretend
 
 
 @pytest.mark.parametrize("triton_version, numpy_version, works", [
@@ -44,14 +43,14 @@ def test_interpreter_incompatibility_is_named(monkeypatch, versions, triton_vers
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     versions({"triton": triton_version, "numpy": numpy_version})
     if works:
-        backend.check_kernel_device(CPU, "attention")
+        kernel_device.check_kernel_device(CPU, "attention")
     else:
         with pytest.raises(RuntimeError, match="attention: .*needs numpy < 2.4 or triton >= 3.7"):
-            backend.check_kernel_device(CPU, "attention")
+            kernel_device.check_kernel_device(CPU, "attention")
 
 
 def test_version_parsing_ignores_local_and_dev_suffixes(monkeypatch):
-    monkeypatch.setattr(backend.importlib.metadata, "version", lambda package: "2.13.0+cpu")
-    assert backend._version("torch") == (2, 13)
-    monkeypatch.setattr(backend.importlib.metadata, "version", lambda package: "3.7rc1")
-    assert backend._version("triton") == (3, 7)
+    monkeypatch.setattr(kernel_device.importlib.metadata, "version", lambda package: "2.13.0+cpu")
+    assert kernel_device._version("torch") == (2, 13)
+    monkeypatch.setattr(kernel_device.importlib.metadata, "version", lambda package: "3.7rc1")
+    assert kernel_device._version("triton") == (3, 7)

@@ -1,0 +1,97 @@
+"""Where the Triton kernels can run (CUDA devices, or the CPU under the Triton interpreter) and
+how the host launches them there.
+
+Shared by the three Triton ops and by the backend switch; imports neither (a leaf module).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+
+import torch
+
+# The dtypes the kernels compute in. The interpreter runs them through numpy, which has no
+# bfloat16: bf16 there gives garbage, so it is refused on the CPU.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INTERPRETER_DTYPES = (torch.float32, torch.float16)
+
+
+# Known once computed. Module state rather than functools.cache, which torch.compile warns about
+# when it traces the model's calls into these checks.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_interpreter_verdict: list[str | None] = []
+
+
+def triton_installed() -> bool:
+    return _TRITON_INSTALLED
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run on the CPU through the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _version(package: str) -> tuple[int, int]:
+    """(major, minor) of an installed package: "2.13.0+cpu" -> (2, 13), "3.7rc1" -> (3, 7)."""
+    major, minor = re.match(r"(\d+)\.(\d+)", importlib.metadata.version(package)).groups()
+    return int(major), int(minor)
+
+
+def _interpreter_incompatibility() -> str | None:
+    """Why this triton's interpreter cannot run the kernels, or None.
+
+    Up to triton 3.6 the interpreter turns a run-time int argument into a Python int with
+    `int(array_of_shape_1)`, which numpy >= 2.4 refuses: every kernel that loops to a run-time
+    length then fails deep inside the interpreter. Triton 3.7 fixed it.
+    """
+    if not _interpreter_verdict:
+        problem = None
+        if _version("triton") < (3, 7) and _version("numpy") >= (2, 4):
+            problem = (
+                f"the Triton interpreter of triton {importlib.metadata.version('triton')} cannot run with numpy "
+                f"{importlib.metadata.version('numpy')} (it needs numpy < 2.4 or triton >= 3.7); "
+                "install one of those, or use backend='reference' on the CPU"
+            )
+        _interpreter_verdict.append(problem)
+    return _interpreter_verdict[0]
+
+
+def check_kernel_device(device: torch.device, op: str, dtype: torch.dtype | None = None) -> None:
+    """Triton kernels run on CUDA devices, or on the CPU under a working interpreter; else say why not.
+
+    With `dtype`, also refuse what the interpreter cannot compute (bfloat16)."""
+    if device.type == "cuda":
+        return
+    if not interpreter_enabled():
+        raise RuntimeError(
+            f"{op} (Triton) got tensors on {device}; it runs on CUDA devices, or on the CPU with "
+            "TRITON_INTERPRET=1 set before triton is imported (else use kernels.reference)"
+        )
+    reason = _interpreter_incompatibility()
+    if reason:
+        raise RuntimeError(f"{op}: {reason}")
+    if dtype is not None and dtype not in INTERPRETER_DTYPES:
+        raise ValueError(
+            f"{op} (Triton interpreter, CPU) does not support {dtype}: the interpreter computes in numpy, "
+            "which has no bfloat16; use float32 or float16 on the CPU, bfloat16 on a CUDA device, "
+            "or kernels.reference"
+        )
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on the tensor's GPU (Triton launches on the current device); nothing to do when it is current."""
+    device = t.device
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return _NO_GUARD
+    return torch.cuda.device(device)
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids: `triton.cdiv` is a constexpr function, microseconds per host call."""
+    return -(-a // b)

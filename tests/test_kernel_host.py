@@ -1,0 +1,188 @@
+"""The kernels package's structure and the host side of the Triton ops: no import cycle, one op
+set, triton imported only on first use, the direct (no-dispatch) path equal to the registered op,
+and a clear refusal of bf16 under the interpreter."""
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+from kernels.op_set import OPS, TRITON_MODULES
+
+KERNELS_DIR = Path(kernels.__file__).parent
+CUDA = torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------------------------
+# Package structure
+# ----------------------------------------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    return "kernels" if path.stem == "__init__" else f"kernels.{path.stem}"
+
+
+def import_graph(directory: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it may import: `import` / `from ... import` statements anywhere
+    in the file (also inside functions), and every string constant naming one of the modules, which
+    covers `importlib.import_module` targets, also when they come from a table of module names.
+    (Importing a submodule runs the package's __init__ first, whoever imports it: that is no edge.)"""
+    paths = sorted(directory.glob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    graph = {}
+    for path in paths:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x / from .x import y
+                    base = "kernels" + (f".{base}" if base else "")
+                for alias in node.names:  # `from kernels import reference` imports the submodule
+                    names.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)
+        graph[_module_name(path)] = {n for n in names if n in modules} - {_module_name(path)}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    done, path = set(), []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_import_cycle_among_kernel_modules():
+    graph = import_graph(KERNELS_DIR)
+    assert graph["kernels.fused_attention"] >= {"kernels.device", "kernels.library"}  # the scan sees imports
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_cycle_finder_sees_import_module_targets(tmp_path):
+    """The layout the package had: fused_attention -> backend -> (import_module) triton_ops -> fused_attention."""
+    (tmp_path / "fused_attention.py").write_text("from kernels.backend import device_guard\n")
+    (tmp_path / "backend.py").write_text(
+        "import importlib\n\ndef ops_for():\n    return importlib.import_module('kernels.triton_ops')\n")
+    (tmp_path / "triton_ops.py").write_text("from kernels.fused_attention import attention\n")
+    cycle = find_cycle(import_graph(tmp_path))
+    assert cycle is not None and set(cycle) == {"kernels.fused_attention", "kernels.backend", "kernels.triton_ops"}
+
+
+def test_one_op_set_for_both_backends():
+    from kernels import triton_ops
+
+    assert set(OPS) == {"attention", "compose_tokens", "compose_tokens_padded", "varlen_attention"}
+    assert triton_ops.__all__ == list(OPS)
+    for name in OPS:
+        assert callable(getattr(reference, name)), name
+        assert getattr(triton_ops, name) is getattr(importlib.import_module(TRITON_MODULES[name]), name)
+        assert getattr(kernels, name) is getattr(triton_ops, name)
+
+
+def test_importing_kernels_does_not_import_triton():
+    code = ("import sys, torch, kernels, kernels.backend, kernels.device, kernels.library, kernels.op_set; "
+            "kernels.ops_for('reference', torch.device('cpu')); "
+            "assert 'triton' not in sys.modules, 'triton was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=KERNELS_DIR.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# The host path of the ops
+# ----------------------------------------------------------------------------------------------
+
+
+def bf16_calls():
+    """One call of each op on small bf16 CPU tensors (every float input bf16, or only the first)."""
+    import torch.nn.functional as F
+
+    def attention(dtype, grad):
+        q, k, v = (torch.randn(1, 2, 8, 16, dtype=dtype, requires_grad=grad) for _ in range(3))
+        return kernels.attention(q, k, v, score=torch.zeros(1, 8), score_rows=(0, 2))
+
+    def varlen_attention(dtype, grad):
+        q, k, v = (torch.randn(8, 2, 16, dtype=dtype, requires_grad=grad) for _ in range(3))
+        return kernels.varlen_attention(q, k, v, torch.tensor([0, 3, 8], dtype=torch.int32), 5)
+
+    def compose_tokens(dtype, grad):
+        K, D, N_c, ks = 2, 8, 6, [1, 0]
+        order = torch.stack([torch.randperm(N_c) for _ in ks])
+        cu_seqlens = F.pad(torch.tensor([K + N_c + 3 * k for k in ks]).cumsum(0), (1, 0)).to(torch.int32)
+        tokens = [torch.randn(*shape, dtype=dtype, requires_grad=grad)
+                  for shape in ((K, D), (4 * sum(ks), D), (4 * N_c, D), (sum(ks), D), (len(ks), N_c, D))]
+        return kernels.compose_tokens(*tokens, order, cu_seqlens, (2, 3), K + N_c + 3)
+
+    return {"attention": attention, "varlen_attention": varlen_attention, "compose_tokens": compose_tokens}
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the kernels compute in bf16")
+@pytest.mark.parametrize("grad", [False, True], ids=["no grad", "requires grad"])
+@pytest.mark.parametrize("op", sorted(bf16_calls()))
+def test_interpreter_refuses_bf16_in_one_line(op, grad):
+    call = bf16_calls()[op]
+    assert call(torch.float16, grad).dtype == torch.float16  # the same call in fp16 runs
+    with pytest.raises(ValueError, match=rf"^{op} \(Triton interpreter, CPU\) does not support torch\.bfloat16: "
+                                         r"[^\n]*use float32 or float16 on the CPU[^\n]*$"):
+        call(torch.bfloat16, grad)
+
+
+def test_direct_launch_equals_the_registered_op(device):
+    """Without gradients the functions launch the kernels directly; with them they go through
+    torch.ops.sharpose.*: the same kernels on the same inputs, the same bits."""
+    q, k, v = torch.randn(3, 2, 3, 40, 32, device=device).unbind(0)
+    start = torch.rand(2, 30, device=device)
+    scores = [start.clone() for _ in range(2)]
+    outs = []
+    for grad, score in zip((False, True), scores):
+        q_in = q.clone().requires_grad_(grad)
+        outs.append(kernels.attention(q_in, k, v, score=score, score_rows=(1, 6), score_cols=(10, 40)))
+    assert outs[1].grad_fn is not None and outs[0].grad_fn is None
+    assert torch.equal(outs[0], outs[1].detach())
+    assert not torch.equal(scores[0], start)
+    if device.type == "cpu":  # the interpreter adds the score terms in one fixed order; atomics do not
+        assert torch.equal(scores[0], scores[1])
+    else:
+        torch.testing.assert_close(scores[0], scores[1])
+
+
+@pytest.mark.skipif(CUDA, reason="switches the interpreter off for CPU tensors")
+def test_checks_remembered_per_signature_still_catch_what_changed(monkeypatch):
+    """`attention` checks a signature (shapes, dtypes, devices, score ranges) once; what the signature
+    does not hold is still checked on every call: new score ranges, the device's ability to run."""
+    q = torch.randn(1, 2, 8, 16)
+    score = torch.zeros(1, 4)
+    with torch.no_grad():
+        kernels.attention(q, q, q, score=score, score_rows=(0, 2), score_cols=(4, 8))
+        with pytest.raises(ValueError, match=r"score_cols=\(6, 10\) is outside the 8 key columns"):
+            kernels.attention(q, q, q, score=score, score_rows=(0, 2), score_cols=(6, 10))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="attention \\(Triton\\) got tensors on cpu"):
+            kernels.attention(q, q, q, score=score, score_rows=(0, 2), score_cols=(4, 8))
