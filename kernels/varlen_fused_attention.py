@@ -96,6 +96,7 @@ def _varlen_attn_fwd(
     stride_lse_h,
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
@@ -113,8 +114,8 @@ def _varlen_attn_fwd(
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_ot, stride_od,
         1, 0,
         start_m, length, length, qk_scale,
-        0, 0, 0, 0, 0.0,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False,
+        0, 0, 0, 0,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, ONE_KEY_TILE, DOT_PRECISION,
     )
 
 
@@ -152,6 +153,7 @@ def _varlen_attn_bwd_dkdv(
     stride_dvt, stride_dvh, stride_dvd,
     sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     head = tl.program_id(1).to(tl.int64)
@@ -171,7 +173,7 @@ def _varlen_attn_bwd_dkdv(
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_dot, stride_dod,
         1, stride_dkt, stride_dkd, stride_dvt, stride_dvd,
         start_n, length, length, sm_scale, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION,
     )
 
 
@@ -186,6 +188,7 @@ def _varlen_attn_bwd_dq(
     stride_dqt, stride_dqh, stride_dqd,
     sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
@@ -204,7 +207,7 @@ def _varlen_attn_bwd_dq(
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_dot, stride_dod,
         1, stride_dqt, stride_dqd,
         start_m, length, length, sm_scale, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION,
     )
 
 
@@ -279,8 +282,8 @@ def _check_varlen_values(cu_seqlens: torch.Tensor, num_tokens: int, max_seqlen: 
 # ----------------------------------------------------------------------------------------------
 
 
-def _config(q: torch.Tensor, config: AttentionConfig | None) -> AttentionConfig:
-    return config or attention_config(q.shape[2], q.dtype, interpreter=q.device.type != "cuda")
+def _config(q: torch.Tensor, max_seqlen: int, config: AttentionConfig | None) -> AttentionConfig:
+    return config or attention_config(q.shape[2], q.dtype, interpreter=q.device.type != "cuda", seq_len=max_seqlen)
 
 
 def varlen_attention_forward(
@@ -302,7 +305,7 @@ def varlen_attention_forward(
     """
     T, H, d = q.shape
     R = cu_seqlens.shape[0] - 1
-    cfg = _config(q, config)
+    cfg = _config(q, max_seqlen, config)
     if out is None:
         out = torch.empty((T, H, d), dtype=q.dtype, device=q.device)
     if lse is None:
@@ -318,6 +321,7 @@ def varlen_attention_forward(
             lse.stride(0),
             scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
+            ONE_KEY_TILE=max_seqlen <= cfg.fwd.block_n, DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages,
         )
     return out, lse
@@ -342,7 +346,7 @@ def varlen_attention_backward(
     """Launch the three backward kernels; returns (dq, dk, dv), contiguous (T, H, d) unless given."""
     T, H, d = q.shape
     R = cu_seqlens.shape[0] - 1
-    cfg = _config(q, config)
+    cfg = _config(q, max_seqlen, config)
     dq = torch.empty((T, H, d), dtype=q.dtype, device=q.device) if dq is None else dq
     dk = torch.empty((T, H, d), dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty((T, H, d), dtype=v.dtype, device=v.device) if dv is None else dv
@@ -363,6 +367,7 @@ def varlen_attention_backward(
             lse.stride(0), *dk.stride(), *dv.stride(),
             scale, scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
+            DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages,
         )
         _varlen_attn_bwd_dq[(triton.cdiv(max_seqlen, cfg.dq.block_m), H, R)](
@@ -371,6 +376,7 @@ def varlen_attention_backward(
             lse.stride(0), *dq.stride(),
             scale, scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+            DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages,
         )
     return dq, dk, dv
