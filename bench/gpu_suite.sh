@@ -60,7 +60,8 @@ step() {
 } 2>&1 | tee -a "$SUMMARY" "$LOG"
 
 KERNEL_TESTS="tests/test_backend.py tests/test_fused_attention.py tests/test_varlen_attention.py
-  tests/test_token_composition.py tests/test_model_triton.py tests/test_throughput.py"
+  tests/test_token_composition.py tests/test_model_triton.py tests/test_throughput.py
+  tests/test_attention_score.py tests/test_attention_tiles.py"
 PARALLEL=""
 "$PYTHON" -c "import xdist" 2>/dev/null && PARALLEL="-n 8"
 # shellcheck disable=SC2086

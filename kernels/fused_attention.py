@@ -200,6 +200,11 @@ def attn_fwd_tile(
         # seen, so the query blocks holding keypoint rows recompute the score columns' logits.
         if scored_block:
             inv_l = 1.0 / l_i
+            # Reload the query tile rather than keeping it live across the main loop (fp32 spills).
+            q = tl.load(
+                q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=row_valid[:, None] & d_valid[None, :], other=0.0,
+            )
             for start_n in range(score_col_start, score_col_end, BLOCK_N):
                 offs_n = start_n + offs_n_tile
                 col_in = offs_n < score_col_end
@@ -496,7 +501,7 @@ class AttentionConfig:
 
 # The widest key tile the forward keeps whole: up to it a query block sees all keys at once.
 ONE_TILE_MAX_KEYS = 128
-_QUERY_BLOCKS = (64, 32, 16)
+_LENGTH_GRANULE = 16  # every tile choice below changes only at multiples of 16 keys
 
 
 def _fp32_dot_precision() -> str:
@@ -510,33 +515,33 @@ def attention_config(
     head_dim: int, dtype: torch.dtype, interpreter: bool = False, seq_len: int | None = None
 ) -> AttentionConfig:
     """The launch configuration for a head dim, dtype and key length on a CUDA device (or under the
-    interpreter); `seq_len=None` means a long sequence. Cached: cheap to call on every launch.
+    interpreter); `seq_len=None` means a long sequence. Cached per length bucket (lengths rounded
+    up to a multiple of 16, where the choices below change): cheap to call on every launch.
 
-    Forward, up to ONE_TILE_MAX_KEYS keys (the coarse stage, N = 66 / 126, and short fine
-    sequences): one key tile as wide as the keys rounded up to a power of two, and the query block
-    (64, 32 or 16 rows) that pads the fewest rows (ties: the larger block, fewer programs); one
-    stage, as there is no loop to pipeline. Longer sequences: 64-row tiles, which keep the masked
-    waste of ragged sequences small, 2 stages up to 256 keys (at most 4 iterations) and 3 beyond.
-    The backward's inner loop tiles are narrower than the tile a program owns (as in
-    FlashAttention-2's backward). Every configuration compiles for sm_80 and sm_90 without
-    register spills and within the registers of 2 CTAs per SM (tests/test_aot.py,
-    bench/kernel_resources.py). fp32 (4-byte tiles) gets smaller tiles; its dot precision follows
-    torch.get_float32_matmul_precision().
+    Forward, up to ONE_TILE_MAX_KEYS keys (the coarse stage, N = 66 / 126, and the fine stage of
+    SHaRPose-B at 256x192, N = 125): one key tile as wide as the keys rounded up to a power of two,
+    one stage (no loop to pipeline). Longer: 64-key tiles (32 for fp32), 2 stages up to 4
+    iterations, 3 beyond. Either way the query block (64, 32 or 16 rows; at most 32 for fp32 and
+    for a one-tile fp32 forward) is the one that pads the fewest rows, ties going to the larger
+    block (fewer programs). The backward's inner loop tiles are narrower than the tile a program
+    owns (as in FlashAttention-2's backward). Every configuration compiles for sm_80 and sm_90
+    without register spills, with registers for at least 2 CTAs per SM (tests/test_aot.py,
+    bench/kernel_resources.py). fp32's dot precision follows torch.get_float32_matmul_precision().
 
-    With `interpreter=True` (CPU tensors under TRITON_INTERPRET=1) the forward keeps its
-    one-tile configurations, so the interpreter runs (and counts) the GPU's work at those
-    lengths, and everything else uses 64 x 64 tiles: the interpreter's cost is per tile operation.
+    With `interpreter=True` (CPU tensors under TRITON_INTERPRET=1) the forward keeps its one-tile
+    configurations, so the interpreter runs (and counts) the GPU's work at those lengths, and
+    everything else uses 64 x 64 tiles: the interpreter's cost is per tile operation.
     """
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
     precision = _fp32_dot_precision() if dtype == torch.float32 else "ieee"
-    keys = None if seq_len is None or seq_len > ONE_TILE_MAX_KEYS else max(int(seq_len), 1)
-    return _attention_config(head_dim, dtype, interpreter, keys, precision)
+    bucket = None if seq_len is None else max(1, triton.cdiv(int(seq_len), _LENGTH_GRANULE)) * _LENGTH_GRANULE
+    return _attention_config(head_dim, dtype, interpreter, bucket, precision)
 
 
 @functools.lru_cache(maxsize=None)
 def _attention_config(
-    head_dim: int, dtype: torch.dtype, interpreter: bool, one_tile_keys: int | None, precision: str
+    head_dim: int, dtype: torch.dtype, interpreter: bool, seq_bucket: int | None, precision: str
 ) -> AttentionConfig:
     block_d = max(16, triton.next_power_of_2(head_dim))
     L = KernelLaunch
@@ -559,21 +564,27 @@ def _attention_config(
             fwd, dkdv, dq = L(32, 32, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
         else:
             fwd, dkdv, dq = L(16, 16, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
-    if one_tile_keys is not None:
-        fwd = _one_tile_launch(one_tile_keys, block_d, fp32) or fwd
+    if seq_bucket is not None:
+        fwd = _forward_for_length(seq_bucket, block_d, fp32, fwd, keep_long=interpreter)
     return AttentionConfig(fwd, dkdv, dq, block_d, dot_precision=precision)
 
 
-def _one_tile_launch(keys: int, block_d: int, fp32: bool) -> KernelLaunch | None:
-    """Forward tiles holding all `keys` in one key tile, or None where those would not fit the
-    registers (checked ahead of time, kernels.aot)."""
-    block_n = max(16, triton.next_power_of_2(keys))
-    max_rows = 64 if not fp32 else 32
-    if block_d * block_n > 64 * 128 or fp32 and block_d * block_n > 64 * 64:
-        return None
-    candidates = [m for m in _QUERY_BLOCKS if m <= max_rows]
-    block_m = min(candidates, key=lambda m: (triton.cdiv(keys, m) * m, -m))
-    return KernelLaunch(block_m, block_n, 4, 1)
+def _fewest_padded_rows(length: int, blocks: tuple[int, ...]) -> int:
+    return min(blocks, key=lambda m: (triton.cdiv(length, m) * m, -m))
+
+
+def _forward_for_length(length: int, block_d: int, fp32: bool, default: KernelLaunch, keep_long: bool) -> KernelLaunch:
+    """The forward's tiles for `length` keys (and as many queries); `default` where no rule applies."""
+    rows = (32, 16) if fp32 else (64, 32, 16)
+    block_n = max(16, triton.next_power_of_2(length))
+    # one key tile: its K^T, V and logit tiles must fit the registers (checked ahead of time, kernels.aot)
+    if length <= ONE_TILE_MAX_KEYS and block_d * block_n <= (64 * 64 if fp32 else 64 * 128):
+        return KernelLaunch(_fewest_padded_rows(length, rows), block_n, 4, 1)
+    if keep_long or block_d > 64:
+        return default
+    block_n = 32 if fp32 else 64
+    stages = 1 if fp32 else 2 if triton.cdiv(length, block_n) <= 4 else 3
+    return KernelLaunch(_fewest_padded_rows(length, rows[:2]), block_n, default.num_warps, stages)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -435,76 +435,53 @@ def varlen_attention(
 # Ahead-of-time compilation specs (kernels.aot): registers / spills without a GPU
 # ----------------------------------------------------------------------------------------------
 
-_TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_FP32_BUFFERS = {"LSE", "Delta"}
-_FLOAT_ARGS = {"qk_scale", "sm_scale"}
-
-
-def _kernel_signature(kernel, name: str, dtype: torch.dtype, constexprs: dict[str, Any]):
-    """Argument types as the launchers produce them for the model's tensors: (T, H, d) views with a
-    contiguous head dim (stride 1: a constant, as triton specialises it) and row / head strides
-    that are multiples of 16 (3 H d, d for d = 32, 64); the (H, T) buffers' head stride T and the
-    token count are plain ints (never specialised, see `_RUNTIME_INTS`)."""
-    elem = _TORCH_TO_TRITON[dtype]
-    signature: dict[str, str] = {}
-    consts = dict(constexprs)
-    divisible: list[str] = []
-    for arg in kernel.arg_names:
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg == "CuSeqlens":
-            signature[arg] = "*i32"
-            divisible.append(arg)
-        elif arg[:1].isupper() or arg.startswith("d") and arg[1:2].isupper():  # Q, dOut, dK, ...
-            signature[arg] = "*fp32" if arg in _FP32_BUFFERS else f"*{elem}"
-            divisible.append(arg)
-        elif arg in _FLOAT_ARGS:
-            signature[arg] = "fp32"
-        elif arg in _RUNTIME_INTS:
-            signature[arg] = "i32"
-        elif arg.startswith("stride_") and arg.endswith("d"):
-            signature[arg] = "constexpr"
-            consts[arg] = 1
-        elif arg.startswith("stride_"):
-            signature[arg] = "i32"
-            divisible.append(arg)
-        else:
-            raise ValueError(f"no AOT type for argument {arg!r} of {name}")
-    return signature, consts, divisible
-
 
 def varlen_attention_kernel_specs(
-    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None
+    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None,
+    seq_lens=(None,), precisions=("ieee", "tf32"),
 ) -> list[Any]:
     """`kernels.aot.KernelSpec`s of the forward and the three backward kernels at the launchers'
-    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype)`). Variants are
-    labelled "varlen fwd", "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
-    from kernels.aot import KernelSpec
+    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype, max_seqlen)`), for each
+    `max_seqlen` in `seq_lens` (None: long sequences; the backward only there, its tiles do not
+    depend on it) and, for fp32, each dot precision. Variants are labelled "varlen fwd",
+    "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
+    from kernels.aot import KernelSpec, attention_signature, fp32_precisions
 
-    config_fn = config_fn or attention_config
+    config_fn = config_fn or (lambda d, dtype, n: attention_config(d, dtype, seq_len=n))
     kernels = [
         (_varlen_attn_fwd, "varlen fwd", "fwd"),
         (_varlen_attn_bwd_preprocess, "varlen bwd delta", "delta"),
         (_varlen_attn_bwd_dkdv, "varlen bwd dk/dv", "dkdv"),
         (_varlen_attn_bwd_dq, "varlen bwd dq", "dq"),
     ]
-    specs = []
+    specs, seen = [], set()
     for cap in capabilities:
         for d in head_dims:
             for dtype_name in dtypes:
                 dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else dtype_name
                 dtype_name = str(dtype).removeprefix("torch.")
-                cfg = config_fn(d, dtype)
-                for kernel, variant, which in kernels:
-                    launch = getattr(cfg, which)
-                    consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m}
-                    if which != "delta":
-                        consts["BLOCK_N"] = launch.block_n
-                    name = getattr(kernel, "fn", kernel).__name__  # the python function's name
-                    sig, consts, div = _kernel_signature(kernel, name, dtype, consts)
-                    specs.append(KernelSpec(
-                        name, __name__, sig, consts, div, launch.num_warps, launch.num_stages, cap,
-                        {"dtype": dtype_name, "head_dim": d, "variant": variant,
-                         "block_m": launch.block_m, "block_n": launch.block_n},
-                    ))
+                for n in seq_lens:
+                    cfg = config_fn(d, dtype, n)
+                    for precision in fp32_precisions(dtype_name, precisions):
+                        for kernel, variant, which in kernels:
+                            if n is not None and which != "fwd":
+                                continue
+                            launch = getattr(cfg, which)
+                            consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m}
+                            if which != "delta":
+                                consts["BLOCK_N"] = launch.block_n
+                                consts["DOT_PRECISION"] = precision
+                            if which == "fwd":
+                                consts["ONE_KEY_TILE"] = n is not None and n <= launch.block_n
+                            key = (cap, which, dtype_name, tuple(sorted(consts.items())), launch)
+                            if key in seen:  # another length with the same tiles: one build
+                                continue
+                            seen.add(key)
+                            name = getattr(kernel, "fn", kernel).__name__  # the python function's name
+                            sig, consts, div = attention_signature(kernel, dtype_name, consts)
+                            specs.append(KernelSpec(
+                                name, __name__, sig, consts, div, launch.num_warps, launch.num_stages, cap,
+                                {"dtype": dtype_name, "head_dim": d, "variant": variant, "seq_len": n or "long",
+                                 "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
+                            ))
     return specs
