@@ -15,8 +15,10 @@ Under `TRITON_INTERPRET=1`, `@triton.jit` functions are interpreter objects that
 compiled, so `measure_specs` runs the compilation in a subprocess with the interpreter off.
 
 `attention_kernel_specs` lists the fused-attention kernels exactly as the launchers in
-`kernels.fused_attention` call them (block sizes, warps, stages from `attention_config`),
-with the argument specialisations the model's strided qkv views produce at run time.
+`kernels.fused_attention` call them (block sizes, warps, stages from `attention_config` for each
+sequence length asked for; IEEE and TF32 dots for fp32), with the argument specialisations the
+model's strided qkv views produce at run time (`attention_signature`, shared with the varlen
+kernels' specs). `ctas_per_sm` turns registers and shared memory into resident CTAs per SM.
 
 Command line: `python -m kernels.aot [--caps 80 90] [--head-dims 32 64] [--dtypes float16 bfloat16]`
 prints the measurements as JSON.
@@ -31,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,9 +254,12 @@ def measure_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
             env=env, cwd=str(_REPO_ROOT),
         )
         procs.append((proc, payload, chunk))
+    # every worker is fed and drained at once (one thread each): talking to them in turn would
+    # leave all but one waiting for their input
+    with ThreadPoolExecutor(len(procs)) as pool:
+        outputs = list(pool.map(lambda p: p[0].communicate(p[1]), procs))
     results: list[tuple[KernelSpec, dict[str, Any]]] = []
-    for proc, payload, chunk in procs:
-        out, err = proc.communicate(payload)
+    for (proc, _, chunk), (out, err) in zip(procs, outputs):
         if proc.returncode != 0:
             raise RuntimeError(f"AOT compilation failed:\n{err[-6000:]}")
         results.extend(zip(chunk, json.loads(out.strip().splitlines()[-1])))

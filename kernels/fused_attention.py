@@ -99,8 +99,9 @@ def _score_columns(
 ):
     """Store sum over the score rows of p * inv_l, for the score columns among `offs_n`.
 
-    Rows outside the score rows are dropped with `tl.where`, never by multiplying by 0: there
-    `p` may be inf (a row whose own maximum is far below the keypoint rows'), and inf * 0 = NaN.
+    Lanes outside the score rows and columns are dropped with `tl.where`, never by multiplying
+    by 0: `p` may be inf there (a masked key or query loads as 0, a logit of 0 against a row
+    maximum far below 0), and inf * 0 = NaN.
     Each column of one (sample, head, query block) is stored by exactly one program, without
     atomics, so the caller's fixed-order sum over heads and blocks is reproducible bit for bit.
     """
