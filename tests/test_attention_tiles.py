@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.fused_attention import ONE_TILE_MAX_KEYS, attention, attention_config
 from kernels import reference
+from kernels.fused_attention import ONE_TILE_MAX_KEYS, attention, attention_config
 
 from test_fused_attention import _launcher_roundtrip as fused_roundtrip
 from test_varlen_attention import _launcher_roundtrip as varlen_roundtrip
