@@ -64,7 +64,8 @@ step() {
 
 KERNEL_TESTS="tests/test_backend.py tests/test_fused_attention.py tests/test_varlen_attention.py
   tests/test_token_composition.py tests/test_model_triton.py tests/test_throughput.py
-  tests/test_host_sync.py tests/test_determinism.py tests/test_cuda_graphs.py"
+  tests/test_host_sync.py tests/test_determinism.py tests/test_cuda_graphs.py tests/test_attention_score.py
+  tests/test_attention_tiles.py tests/test_torch_library.py"
 PARALLEL=""
 "$PYTHON" -c "import xdist" 2>/dev/null && PARALLEL="-n 8"
 # shellcheck disable=SC2086

@@ -7,6 +7,12 @@ measured with ptxas / cuobjdump from the triton wheel.
     python bench/kernel_resources.py                       # the model's configurations
     python bench/kernel_resources.py --head-dims 16 32 64 128 --dtypes float16 bfloat16 float32
     python bench/kernel_resources.py --kernels varlen      # only the variable-length kernels
+    python bench/kernel_resources.py --seq-lens 66 126 long   # forward tiles chosen for these lengths
+
+The forward's tiles depend on the sequence length (`attention_config(..., seq_len=N)`): one row per
+distinct configuration among `--seq-lens` ("long": no length given); the backward's do not, and are
+built once. fp32 is built with IEEE and TF32 dots (torch's "highest" vs "high" matmul precision).
+CTA/SM: CTAs resident per SM as limited by registers, shared memory and warps (kernels.aot.ctas_per_sm).
 """
 from __future__ import annotations
 
@@ -24,8 +30,11 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
     parser.add_argument("--kernels", nargs="+", choices=["attention", "varlen"], default=["attention", "varlen"],
                         help="which kernel families to compile (default: both)")
+    parser.add_argument("--seq-lens", nargs="+", default=["66", "126", "137", "287", "long"],
+                        help="sequence lengths whose forward tiles to build ('long': no length)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile workers (default: CPU count)")
     args = parser.parse_args()
+    seq_lens = tuple(None if n == "long" else int(n) for n in args.seq_lens)
     ok, why = tools_available()
     if not ok:
         sys.exit(f"cannot measure: {why}")
@@ -33,11 +42,11 @@ def main() -> None:
     shape = (tuple(args.caps), tuple(args.head_dims), tuple(args.dtypes))
     specs = []
     if "attention" in args.kernels:
-        specs += attention_kernel_specs(*shape)
+        specs += attention_kernel_specs(*shape, seq_lens=seq_lens)
     if "varlen" in args.kernels:
         from kernels.varlen_fused_attention import varlen_attention_kernel_specs
 
-        specs += varlen_attention_kernel_specs(*shape)
+        specs += varlen_attention_kernel_specs(*shape, seq_lens=seq_lens)
     rows = measure_specs(specs, args.jobs)
     print(format_table(rows))
     print(f"\n{len(rows)} kernels compiled in {time.perf_counter() - start:.1f} s "

@@ -15,8 +15,10 @@ Under `TRITON_INTERPRET=1`, `@triton.jit` functions are interpreter objects that
 compiled, so `measure_specs` runs the compilation in a subprocess with the interpreter off.
 
 `attention_kernel_specs` lists the fused-attention kernels exactly as the launchers in
-`kernels.fused_attention` call them (block sizes, warps, stages from `attention_config`),
-with the argument specialisations the model's strided qkv views produce at run time.
+`kernels.fused_attention` call them (block sizes, warps, stages from `attention_config` for each
+sequence length asked for; IEEE and TF32 dots for fp32), with the argument specialisations the
+model's strided qkv views produce at run time (`attention_signature`, shared with the varlen
+kernels' specs). `ctas_per_sm` turns registers and shared memory into resident CTAs per SM.
 
 Command line: `python -m kernels.aot [--caps 80 90] [--head-dims 32 64] [--dtypes float16 bfloat16]`
 prints the measurements as JSON.
@@ -31,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +201,25 @@ def measure_spec(spec: KernelSpec) -> dict[str, Any]:
         "local": usage["LOCAL"],
         "shared_mem": int(compiled.metadata.shared) + usage["SHARED"],
         "tensor_cores": "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "-",
+        "ctas_per_sm": ctas_per_sm(spec.capability, usage["REG"], spec.num_warps,
+                                   int(compiled.metadata.shared) + usage["SHARED"]),
     }
+
+
+_REGISTERS_PER_SM = 65536
+_SHARED_PER_SM = {80: 164 * 1024, 86: 100 * 1024, 89: 100 * 1024, 90: 228 * 1024}
+_MAX_WARPS_PER_SM = {80: 64, 86: 48, 89: 48, 90: 64}
+
+
+def ctas_per_sm(capability: int, registers: int, num_warps: int, shared_mem: int) -> int:
+    """CTAs of a kernel resident on one SM at once, as limited by registers (allocated per warp in
+    units of 256, i.e. per thread rounded up to 8), shared memory (1 KiB reserved per CTA) and
+    warps per SM."""
+    per_warp = -(-max(registers, 1) // 8) * 8 * 32
+    by_registers = _REGISTERS_PER_SM // (per_warp * num_warps)
+    by_shared = _SHARED_PER_SM.get(capability, 100 * 1024) // (shared_mem + 1024)
+    by_warps = _MAX_WARPS_PER_SM.get(capability, 48) // num_warps
+    return min(by_registers, by_shared, by_warps, 32)
 
 
 def _measure_in_process(specs: list[KernelSpec]) -> list[dict[str, Any]]:
@@ -224,9 +245,12 @@ def measure_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
             env=env, cwd=str(_REPO_ROOT),
         )
         procs.append((proc, payload, chunk))
+    # every worker is fed and drained at once (one thread each): talking to them in turn would
+    # leave all but one waiting for their input
+    with ThreadPoolExecutor(len(procs)) as pool:
+        outputs = list(pool.map(lambda p: p[0].communicate(p[1]), procs))
     results: list[tuple[KernelSpec, dict[str, Any]]] = []
-    for proc, payload, chunk in procs:
-        out, err = proc.communicate(payload)
+    for (proc, _, chunk), (out, err) in zip(procs, outputs):
         if proc.returncode != 0:
             raise RuntimeError(f"AOT compilation failed:\n{err[-6000:]}")
         results.extend(zip(chunk, json.loads(out.strip().splitlines()[-1])))
@@ -236,27 +260,32 @@ def measure_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
 
 
 # ----------------------------------------------------------------------------------------------
-# The fused-attention kernels as launched by kernels.fused_attention
+# The attention kernels (batched and varlen) as their launchers call them
 # ----------------------------------------------------------------------------------------------
 
 _ATTN_MODULE = "kernels.fused_attention"
-# Launcher arguments that are floats, and run-time ints the model never makes multiples of 16.
-_FLOAT_ARGS = {"qk_scale", "sm_scale", "score_weight"}
+# Launcher arguments that are floats, and run-time ints the model never makes multiples of 16
+# (lengths, score bounds, and the strides of the float32 buffers sized by them).
+_FLOAT_ARGS = {"qk_scale", "sm_scale"}
 _PLAIN_INTS = {
     "seq_len_q", "seq_len_k", "score_row_start", "score_row_end", "score_col_start", "score_col_end",
-    "stride_lse_b", "stride_lse_h", "stride_delta_b", "stride_delta_h", "stride_score_b",
+    "stride_lse_b", "stride_lse_h", "stride_delta_b", "stride_delta_h",
+    "stride_score_b", "stride_score_h", "stride_score_blk", "num_tokens",
 }
 # Strides equal to 1 at run time (contiguous head dim, contiguous score row): triton turns them
 # into constants, so the AOT build does the same.
 _UNIT_STRIDES = {"stride_score_c"}
+_FP32_BUFFERS = {"LSE", "Delta", "Score"}
+_INT32_BUFFERS = {"CuSeqlens"}
 
 
-def _attention_signature(kernel_name: str, dtype: str, constexprs: dict[str, Any], has_score: bool):
-    import importlib
-
-    fn = getattr(importlib.import_module(_ATTN_MODULE), kernel_name)
+def attention_signature(fn, dtype: str, constexprs: dict[str, Any], has_score: bool = False):
+    """(signature, constants, args divisible by 16) of an attention kernel (kernels.fused_attention
+    or kernels.varlen_fused_attention) as its launcher calls it on the model's tensors. Pointers
+    are the capitalised arguments (Q, LSE, CuSeqlens; dOut, dK); tensors of the model have a
+    contiguous head dim (stride 1: a constant, as triton specialises it) and row / head strides
+    that are multiples of 16 (3 H d, d for d = 32, 64)."""
     elem = _TORCH_TO_TRITON[dtype]
-    fp32_buffers = {"LSE", "Delta", "Score"}
     signature: dict[str, str] = {}
     consts: dict[str, Any] = {}
     divisible: list[str] = []
@@ -264,8 +293,9 @@ def _attention_signature(kernel_name: str, dtype: str, constexprs: dict[str, Any
         if name in constexprs:
             signature[name] = "constexpr"
             consts[name] = constexprs[name]
-        elif name[:1].isupper() or name.startswith("d") and name[1:2].isupper():  # pointers: Q, dOut, dK...
-            signature[name] = "*fp32" if name in fp32_buffers else f"*{elem}"
+        elif name[:1].isupper() or name.startswith("d") and name[1:2].isupper():
+            signature[name] = ("*i32" if name in _INT32_BUFFERS else "*fp32" if name in _FP32_BUFFERS
+                               else f"*{elem}")
             divisible.append(name)
         elif name in _FLOAT_ARGS:
             signature[name] = "fp32"
@@ -278,57 +308,81 @@ def _attention_signature(kernel_name: str, dtype: str, constexprs: dict[str, Any
             signature[name] = "i32"
             divisible.append(name)
         else:
-            raise ValueError(f"no AOT type for argument {name!r} of {kernel_name}")
+            raise ValueError(f"no AOT type for argument {name!r} of {getattr(fn, '__name__', fn)}")
     if not has_score and "Score" in signature:  # Score then aliases LSE; its strides are 0
-        for name in ("stride_score_b", "stride_score_c"):
+        for name in ("stride_score_b", "stride_score_h", "stride_score_blk", "stride_score_c"):
             signature[name] = "i32"
             consts.pop(name, None)
     return signature, consts, divisible
 
 
-def attention_kernel_specs(
-    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None
-) -> list[KernelSpec]:
-    """The forward (with and without score) and backward kernels at the launchers' configurations.
+def fp32_precisions(dtype: str, precisions=("ieee", "tf32")) -> tuple[str, ...]:
+    """The dot precisions to build for a dtype: fp32 has an IEEE and a tensor-core (tf32) variant,
+    16-bit types have one (their dots always run on tensor cores)."""
+    return tuple(precisions) if dtype == "float32" else ("ieee",)
 
-    `config_fn(head_dim, torch_dtype) -> AttentionConfig` replaces `attention_config` (to try others).
+
+def attention_kernel_specs(
+    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None,
+    seq_lens=(None,), precisions=("ieee", "tf32"),
+) -> list[KernelSpec]:
+    """The forward (with and without score) and backward kernels at the launchers' configurations,
+    for each key length in `seq_lens` (None: a long sequence) and, for fp32, each dot precision.
+
+    `config_fn(head_dim, torch_dtype, seq_len) -> AttentionConfig` replaces `attention_config` (to
+    try others). The forward takes its one-tile path when the keys fit its key tile, as launched.
     """
+    import importlib
+
     import torch
 
     from kernels.fused_attention import attention_config
 
-    config_fn = config_fn or attention_config
-    specs = []
+    module = importlib.import_module(_ATTN_MODULE)
+    config_fn = config_fn or (lambda d, dtype, n: attention_config(d, dtype, seq_len=n))
+    specs, seen = [], set()
     for cap in capabilities:
         for d in head_dims:
             for dtype in dtypes:
-                cfg = config_fn(d, getattr(torch, dtype))
-                shape = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d}
-                kernels = [
-                    ("_attn_fwd", "fwd", cfg.fwd, {"HAS_SCORE": False}),
-                    ("_attn_fwd", "fwd+score", cfg.fwd, {"HAS_SCORE": True}),
-                    ("_attn_bwd_preprocess", "bwd delta", cfg.delta, {}),
-                    ("_attn_bwd_dkdv", "bwd dk/dv", cfg.dkdv, {}),
-                    ("_attn_bwd_dq", "bwd dq", cfg.dq, {}),
-                ]
-                for kernel, variant, launch, extra in kernels:
-                    consts = {**shape, "BLOCK_M": launch.block_m, **extra}
-                    if kernel != "_attn_bwd_preprocess":
-                        consts["BLOCK_N"] = launch.block_n
-                    sig, consts, div = _attention_signature(kernel, dtype, consts, extra.get("HAS_SCORE", False))
-                    specs.append(KernelSpec(
-                        kernel, _ATTN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
-                        {"dtype": dtype, "head_dim": d, "variant": variant,
-                         "block_m": launch.block_m, "block_n": launch.block_n},
-                    ))
+                for n in seq_lens:
+                    cfg = config_fn(d, getattr(torch, dtype), n)
+                    one_tile = n is not None and n <= cfg.fwd.block_n
+                    kernels = [
+                        ("_attn_fwd", "fwd", cfg.fwd, {"HAS_SCORE": False, "ONE_KEY_TILE": one_tile}),
+                        ("_attn_fwd", "fwd+score", cfg.fwd, {"HAS_SCORE": True, "ONE_KEY_TILE": one_tile}),
+                    ]
+                    if n is None:  # the backward's tiles do not depend on the length
+                        kernels += [
+                            ("_attn_bwd_preprocess", "bwd delta", cfg.delta, {}),
+                            ("_attn_bwd_dkdv", "bwd dk/dv", cfg.dkdv, {}),
+                            ("_attn_bwd_dq", "bwd dq", cfg.dq, {}),
+                        ]
+                    for precision in fp32_precisions(dtype, precisions):
+                        for kernel, variant, launch, extra in kernels:
+                            consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m, **extra}
+                            if kernel != "_attn_bwd_preprocess":
+                                consts["BLOCK_N"] = launch.block_n
+                                consts["DOT_PRECISION"] = precision
+                            key = (cap, kernel, dtype, tuple(sorted(consts.items())), launch)
+                            if key in seen:  # another length with the same tiles: one build
+                                continue
+                            seen.add(key)
+                            sig, consts, div = attention_signature(getattr(module, kernel), dtype, consts,
+                                                                   extra.get("HAS_SCORE", False))
+                            specs.append(KernelSpec(
+                                kernel, _ATTN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
+                                {"dtype": dtype, "head_dim": d, "variant": variant, "seq_len": n or "long",
+                                 "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
+                            ))
     return specs
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    cols = ["capability", "variant", "dtype", "head_dim", "block_m", "block_n", "num_warps", "num_stages",
-            "registers", "spill_stores", "spill_loads", "stack", "shared_mem", "tensor_cores"]
-    heads = ["sm", "kernel", "dtype", "d", "BM", "BN", "warps", "stages", "regs", "spill st", "spill ld",
-             "stack", "smem B", "mma"]
+    cols = ["capability", "variant", "dtype", "precision", "head_dim", "seq_len", "block_m", "block_n",
+            "num_warps", "num_stages", "registers", "ctas_per_sm", "spill_stores", "spill_loads", "stack",
+            "shared_mem", "tensor_cores"]
+    heads = ["sm", "kernel", "dtype", "dot", "d", "N", "BM", "BN", "warps", "stages", "regs", "CTA/SM",
+             "spill st", "spill ld", "stack", "smem B", "mma"]
     table = [heads] + [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in table]

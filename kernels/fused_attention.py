@@ -15,11 +15,16 @@ Forward (FlashAttention-style, the N x N matrix never exists in memory)
 
 Keypoint-attention score (SHaRPose Eq. 6-7, one layer's term)
     The score needs the *normalised* probabilities, which are only known once the whole row has
-    been seen. So, after the main loop, the (rare) query blocks that overlap `score_rows` run a
-    second pass over the key columns `score_cols` only, recompute the logits, normalise them with
-    the final (m_i, l_i), zero the rows outside `score_rows`, sum each column over the rows and
-    atomically add `score_weight / H` times those column sums into `score[b, :]`. With 16-17
-    keypoint rows out of N = 66..450 that is one extra tile row per (sample, head).
+    been seen. Up to ONE_TILE_MAX_KEYS keys (the coarse stage: N = 66 and 126) the forward takes
+    all keys as one tile, so the row max and sum are final while the probabilities are still in
+    registers: the query blocks overlapping `score_rows` sum them over those rows, for the key
+    columns `score_cols`, at the cost of one multiply and one masked column sum per element (no
+    extra product, no extra exponential). With more keys, those query blocks run a second pass
+    over the score columns after the main loop, recomputing the logits and normalising them with
+    the final (m_i, l_i). Either way each program stores its column sums into its own slot of a
+    (B, H, score blocks, columns) buffer, without atomics, and the launcher adds
+    `score_weight / H` times their sum over heads and blocks, a reduction in one fixed order, into
+    `score[b, :]`: identical inputs give bitwise-identical scores.
 
 Backward (FlashAttention-2)
     1. `_attn_bwd_preprocess`: delta_i = sum_d dO_id * O_id (fp32).
@@ -46,6 +51,7 @@ Variable-length sequences
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -90,55 +96,100 @@ _RUNTIME_INTS = [
 
 
 @triton.jit
+def _score_columns(
+    score_base, stride_score_c, p, inv_l, offs_m, offs_n,
+    score_row_start, score_row_end, score_col_start, score_col_end,
+):
+    """Store sum over the score rows of p * inv_l, for the score columns among `offs_n`.
+
+    Lanes outside the score rows and columns are dropped with `tl.where`, never by multiplying
+    by 0: `p` may be inf there (a masked key or query loads as 0, a logit of 0 against a row
+    maximum far below 0), and inf * 0 = NaN.
+    Each column of one (sample, head, query block) is stored by exactly one program, without
+    atomics, so the caller's fixed-order sum over heads and blocks is reproducible bit for bit.
+    """
+    row_in = (offs_m >= score_row_start) & (offs_m < score_row_end)
+    col_in = (offs_n >= score_col_start) & (offs_n < score_col_end)
+    probs = tl.where(row_in[:, None] & col_in[None, :], p * inv_l[:, None], 0.0)
+    tl.store(score_base + (offs_n - score_col_start) * stride_score_c, tl.sum(probs, axis=0), mask=col_in)
+
+
+@triton.jit
 def attn_fwd_tile(
     q_base, k_base, v_base, o_base, lse_base, score_base,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
     stride_lse_n, stride_score_c,
     start_m, seq_len_q, seq_len_k,
     qk_scale,  # softmax scale * log2(e)
-    score_row_start, score_row_end, score_col_start, score_col_end, score_weight,
+    score_row_start, score_row_end, score_col_start, score_col_end,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_SCORE: tl.constexpr,
+    HAS_SCORE: tl.constexpr, ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n_tile = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_valid = offs_m < seq_len_q
     d_valid = offs_d < HEAD_DIM
+    scored_block = (start_m < score_row_end) & (start_m + BLOCK_M > score_row_start)
 
     q = tl.load(
         q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
         mask=row_valid[:, None] & d_valid[None, :], other=0.0,
     )
 
-    # Online softmax state (log2 domain): running max, running sum of exp2(s - m_i), and the
-    # output accumulator scaled by the same exp2(-m_i).
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
-    for start_n in range(0, seq_len_k, BLOCK_N):
-        offs_n = start_n + offs_n_tile
-        col_valid = offs_n < seq_len_k
-        k_t = tl.load(  # K^T tile, (BLOCK_D, BLOCK_N)
-            k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+    if ONE_KEY_TILE:
+        # Every key fits one BLOCK_N tile (seq_len_k <= BLOCK_N): the row max and sum are final
+        # as soon as the tile's logits are in registers, so there is no rescaling, and the
+        # score reuses these probabilities: no second product, no second exponential.
+        col_valid = offs_n_tile < seq_len_k
+        k_t = tl.load(
+            k_base + offs_n_tile[None, :] * stride_kn + offs_d[:, None] * stride_kd,
             mask=col_valid[None, :] & d_valid[:, None], other=0.0,
         )
-        s = tl.dot(q, k_t, input_precision="ieee") * qk_scale
+        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(col_valid[None, :], s, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-
+        m_i = tl.max(s, axis=1)
+        p = tl.exp2(s - m_i[:, None])
+        l_i = tl.sum(p, axis=1)
         v = tl.load(
-            v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            v_base + offs_n_tile[:, None] * stride_vn + offs_d[None, :] * stride_vd,
             mask=col_valid[:, None] & d_valid[None, :], other=0.0,
         )
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-        m_i = m_new
+        acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if HAS_SCORE:
+            if scored_block:
+                _score_columns(
+                    score_base, stride_score_c, p, 1.0 / l_i, offs_m, offs_n_tile,
+                    score_row_start, score_row_end, score_col_start, score_col_end,
+                )
+    else:
+        # Online softmax state (log2 domain): running max, running sum of exp2(s - m_i), and the
+        # output accumulator scaled by the same exp2(-m_i).
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, seq_len_k, BLOCK_N):
+            offs_n = start_n + offs_n_tile
+            col_valid = offs_n < seq_len_k
+            k_t = tl.load(  # K^T tile, (BLOCK_D, BLOCK_N)
+                k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                mask=col_valid[None, :] & d_valid[:, None], other=0.0,
+            )
+            s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(col_valid[None, :], s, float("-inf"))
+
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+
+            v = tl.load(
+                v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=col_valid[:, None] & d_valid[None, :], other=0.0,
+            )
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+            m_i = m_new
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -148,16 +199,15 @@ def attn_fwd_tile(
     )
     tl.store(lse_base + offs_m * stride_lse_n, m_i + tl.log2(l_i), mask=row_valid)
 
-    if HAS_SCORE:
-        # Second pass, only for the query blocks holding keypoint rows: the final (m_i, l_i)
-        # turn the recomputed logits into normalised probabilities.
-        if (start_m < score_row_end) & (start_m + BLOCK_M > score_row_start):
-            row_in = (offs_m >= score_row_start) & (offs_m < score_row_end)
-            inv_l = tl.where(row_in, 1.0 / l_i, 0.0)
-            # Reload the query tile rather than keeping it live across the main loop.
+    if HAS_SCORE and not ONE_KEY_TILE:
+        # Several key tiles: the probabilities are only normalisable once the whole row has been
+        # seen, so the query blocks holding keypoint rows recompute the score columns' logits.
+        if scored_block:
+            inv_l = 1.0 / l_i
+            # Reload the query tile rather than keeping it live across the main loop (fp32 spills).
             q = tl.load(
                 q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                mask=row_in[:, None] & d_valid[None, :], other=0.0,
+                mask=row_valid[:, None] & d_valid[None, :], other=0.0,
             )
             for start_n in range(score_col_start, score_col_end, BLOCK_N):
                 offs_n = start_n + offs_n_tile
@@ -166,14 +216,10 @@ def attn_fwd_tile(
                     k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                     mask=col_in[None, :] & d_valid[:, None], other=0.0,
                 )
-                s = tl.dot(q, k_t, input_precision="ieee") * qk_scale
-                p = tl.exp2(s - m_i[:, None]) * inv_l[:, None]
-                col_sum = tl.sum(p, axis=0)
-                tl.atomic_add(
-                    score_base + (offs_n - score_col_start) * stride_score_c,
-                    col_sum * score_weight,
-                    mask=col_in,
-                    sem="relaxed",
+                s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
+                _score_columns(
+                    score_base, stride_score_c, tl.exp2(s - m_i[:, None]), inv_l, offs_m, offs_n,
+                    score_row_start, score_row_end, score_col_start, score_col_end,
                 )
 
 
@@ -202,6 +248,7 @@ def attn_bwd_dkdv_tile(
     start_n, seq_len_q, seq_len_k,
     sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m_tile = tl.arange(0, BLOCK_M)
@@ -225,14 +272,14 @@ def attn_bwd_dkdv_tile(
         delta = tl.load(delta_base + offs_m * stride_lse_n, mask=row_valid, other=0.0)
 
         # P^T (BLOCK_N, BLOCK_M) straight from the saved log-sum-exp; padded query rows give 0.
-        s_t = tl.dot(k, tl.trans(q), input_precision="ieee") * qk_scale
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         p_t = tl.exp2(s_t - lse[None, :])
         p_t = tl.where(row_valid[None, :], p_t, 0.0)
-        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision="ieee")
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
 
-        dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
 
     dk = dk * sm_scale
     tl.store(
@@ -253,6 +300,7 @@ def attn_bwd_dq_tile(
     start_m, seq_len_q, seq_len_k,
     sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n_tile = tl.arange(0, BLOCK_N)
@@ -274,12 +322,12 @@ def attn_bwd_dq_tile(
         k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=kv_t_mask, other=0.0)
         v_t = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd, mask=kv_t_mask, other=0.0)
 
-        s = tl.dot(q, k_t, input_precision="ieee") * qk_scale
+        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
         p = tl.where(col_valid[None, :], p, 0.0)
-        dp = tl.dot(do, v_t, input_precision="ieee")
+        dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k_t.dtype), tl.trans(k_t), dq, input_precision="ieee")
+        dq = tl.dot(ds.to(k_t.dtype), tl.trans(k_t), dq, input_precision=DOT_PRECISION)
 
     dq = dq * sm_scale
     tl.store(
@@ -301,27 +349,31 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_lse_b, stride_lse_h,
-    stride_score_b, stride_score_c,
+    stride_score_b, stride_score_h, stride_score_blk, stride_score_c,
     seq_len_q, seq_len_k, qk_scale,
-    score_row_start, score_row_end, score_col_start, score_col_end, score_weight,
+    score_row_start, score_row_end, score_col_start, score_col_end,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_SCORE: tl.constexpr,
+    HAS_SCORE: tl.constexpr, ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    block = tl.program_id(0)
+    start_m = block * BLOCK_M
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: B * N * H * d may exceed 2**31
+    # Score: this program's own row of the (B, H, score blocks, columns) partial sums; only the
+    # blocks overlapping the score rows (block >= first_block) ever store through it.
+    first_block = score_row_start // BLOCK_M
     attn_fwd_tile(
         Q + batch * stride_qb + head * stride_qh,
         K + batch * stride_kb + head * stride_kh,
         V + batch * stride_vb + head * stride_vh,
         Out + batch * stride_ob + head * stride_oh,
         LSE + batch * stride_lse_b + head * stride_lse_h,
-        Score + batch * stride_score_b,
+        Score + batch * stride_score_b + head * stride_score_h + (block - first_block) * stride_score_blk,
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
         1, stride_score_c,
         start_m, seq_len_q, seq_len_k, qk_scale,
-        score_row_start, score_row_end, score_col_start, score_col_end, score_weight,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SCORE,
+        score_row_start, score_row_end, score_col_start, score_col_end,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SCORE, ONE_KEY_TILE, DOT_PRECISION,
     )
 
 
@@ -359,6 +411,7 @@ def _attn_bwd_dkdv(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     seq_len_q, seq_len_k, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     head = tl.program_id(1)
@@ -376,7 +429,7 @@ def _attn_bwd_dkdv(
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
         1, stride_dkn, stride_dkd, stride_dvn, stride_dvd,
         start_n, seq_len_q, seq_len_k, sm_scale, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION,
     )
 
 
@@ -391,6 +444,7 @@ def _attn_bwd_dq(
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
     seq_len_q, seq_len_k, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1)
@@ -407,7 +461,7 @@ def _attn_bwd_dq(
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
         1, stride_dqn, stride_dqd,
         start_m, seq_len_q, seq_len_k, sm_scale, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION,
     )
 
 
@@ -430,11 +484,15 @@ class KernelLaunch:
 class AttentionConfig:
     """Launch configuration of the forward and the three backward kernels.
 
-    fwd:  a program owns block_m query rows and steps through the keys block_n at a time.
+    fwd:  a program owns block_m query rows and steps through the keys block_n at a time; when
+          every key fits one block_n tile the forward takes its one-tile path (no rescaling, the
+          score fused into it).
     dkdv: a program owns block_n key rows and steps through the queries block_m at a time.
     dq:   a program owns block_m query rows and steps through the keys block_n at a time.
     delta (backward preprocess): block_m rows per program (block_n unused).
     block_d: the head dim padded to a power of two >= 16 (tl.dot needs K >= 16).
+    dot_precision: `input_precision` of every tl.dot ("ieee", or "tf32" for fp32 on tensor
+    cores); 16-bit inputs always use tensor cores whatever it says.
     """
 
     fwd: KernelLaunch
@@ -442,29 +500,59 @@ class AttentionConfig:
     dq: KernelLaunch
     block_d: int
     delta: KernelLaunch = KernelLaunch(64, 0, 4, 1)
+    dot_precision: str = "ieee"
 
 
-def attention_config(head_dim: int, dtype: torch.dtype, interpreter: bool = False) -> AttentionConfig:
-    """The launch configuration for a head dim and dtype on a CUDA device (or under the interpreter).
+# The widest key tile the forward keeps whole: up to it a query block sees all keys at once.
+ONE_TILE_MAX_KEYS = 128
+_LENGTH_GRANULE = 16  # every tile choice below changes only at multiples of 16 keys
 
-    Chosen for the model's sequences (N = 66..450, d = 32 or 64): 64-row tiles keep the masked
-    waste of short ragged sequences small, the loops' inner tiles are narrower than the tile a
-    program owns (as in FlashAttention-2's backward), and every configuration compiles without
-    register spills on sm_80 and sm_90 (tests/test_aot.py, bench/kernel_resources.py).
-    fp32 (IEEE dots on CUDA cores, 4-byte tiles) gets smaller tiles.
 
-    With `interpreter=True` (CPU tensors under TRITON_INTERPRET=1) every kernel uses 64 x 64
-    tiles: the interpreter's cost is per tile operation, so fewer, larger tiles run fastest. The
-    kernels are written for any power-of-two tiles >= 16; the tests also run the CUDA
-    configurations under the interpreter.
+def _fp32_dot_precision() -> str:
+    """tl.dot's input precision for fp32, following PyTorch's own matmul setting: "highest" keeps
+    IEEE fp32; "high" and "medium" let cuBLAS use TF32 tensor cores (torch.backends.cuda.matmul.
+    allow_tf32), and so do these kernels, with single-pass "tf32" as cuBLAS does (not "tf32x3")."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def attention_config(
+    head_dim: int, dtype: torch.dtype, interpreter: bool = False, seq_len: int | None = None
+) -> AttentionConfig:
+    """The launch configuration for a head dim, dtype and key length on a CUDA device (or under the
+    interpreter); `seq_len=None` means a long sequence. Cached per length bucket (lengths rounded
+    up to a multiple of 16, where the choices below change): cheap to call on every launch.
+
+    Forward, up to ONE_TILE_MAX_KEYS keys (the coarse stage, N = 66 / 126, and the fine stage of
+    SHaRPose-B at 256x192, N = 125): one key tile as wide as the keys rounded up to a power of two,
+    one stage (no loop to pipeline). Longer: 64-key tiles (32 for fp32), 2 stages up to 4
+    iterations, 3 beyond. Either way the query block (64, 32 or 16 rows; at most 32 for fp32 and
+    for a one-tile fp32 forward) is the one that pads the fewest rows, ties going to the larger
+    block (fewer programs). The backward's inner loop tiles are narrower than the tile a program
+    owns (as in FlashAttention-2's backward). Every configuration compiles for sm_80 and sm_90
+    without register spills, with registers for at least 2 CTAs per SM (tests/test_aot.py,
+    bench/kernel_resources.py). fp32's dot precision follows torch.get_float32_matmul_precision().
+
+    With `interpreter=True` (CPU tensors under TRITON_INTERPRET=1) the forward keeps its one-tile
+    configurations, so the interpreter runs (and counts) the GPU's work at those lengths, and
+    everything else uses 64 x 64 tiles: the interpreter's cost is per tile operation.
     """
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+    precision = _fp32_dot_precision() if dtype == torch.float32 else "ieee"
+    bucket = None if seq_len is None else max(1, triton.cdiv(int(seq_len), _LENGTH_GRANULE)) * _LENGTH_GRANULE
+    return _attention_config(head_dim, dtype, interpreter, bucket, precision)
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_config(
+    head_dim: int, dtype: torch.dtype, interpreter: bool, seq_bucket: int | None, precision: str
+) -> AttentionConfig:
     block_d = max(16, triton.next_power_of_2(head_dim))
     L = KernelLaunch
+    fp32 = dtype == torch.float32
     if interpreter:
-        return AttentionConfig(L(64, 64), L(64, 64), L(64, 64), block_d)
-    if dtype != torch.float32:
+        fwd, dkdv, dq = L(64, 64), L(64, 64), L(64, 64)
+    elif not fp32:
         if block_d <= 64:
             fwd, dkdv, dq = L(64, 64, 4, 3), L(32, 64, 4, 2), L(64, 32, 4, 2)
         elif block_d <= 128:
@@ -480,7 +568,27 @@ def attention_config(head_dim: int, dtype: torch.dtype, interpreter: bool = Fals
             fwd, dkdv, dq = L(32, 32, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
         else:
             fwd, dkdv, dq = L(16, 16, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
-    return AttentionConfig(fwd, dkdv, dq, block_d)
+    if seq_bucket is not None:
+        fwd = _forward_for_length(seq_bucket, block_d, fp32, fwd, keep_long=interpreter)
+    return AttentionConfig(fwd, dkdv, dq, block_d, dot_precision=precision)
+
+
+def _fewest_padded_rows(length: int, blocks: tuple[int, ...]) -> int:
+    return min(blocks, key=lambda m: (triton.cdiv(length, m) * m, -m))
+
+
+def _forward_for_length(length: int, block_d: int, fp32: bool, default: KernelLaunch, keep_long: bool) -> KernelLaunch:
+    """The forward's tiles for `length` keys (and as many queries); `default` where no rule applies."""
+    rows = (32, 16) if fp32 else (64, 32, 16)
+    block_n = max(16, triton.next_power_of_2(length))
+    # one key tile: its K^T, V and logit tiles must fit the registers (checked ahead of time, kernels.aot)
+    if length <= ONE_TILE_MAX_KEYS and block_d * block_n <= (64 * 64 if fp32 else 64 * 128):
+        return KernelLaunch(_fewest_padded_rows(length, rows), block_n, 4, 1)
+    if keep_long or block_d > 64:
+        return default
+    block_n = 32 if fp32 else 64
+    stages = 1 if fp32 else 2 if triton.cdiv(length, block_n) <= 4 else 3
+    return KernelLaunch(_fewest_padded_rows(length, rows[:2]), block_n, default.num_warps, stages)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -541,13 +649,15 @@ def _hashable(bounds: tuple[int, int] | None) -> tuple | None:
 
 
 def _check_args_once(q, k, v, score, score_rows, score_cols):
-    signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device) + (
+    # the fp32 dot precision follows a global PyTorch setting that may change between calls
+    signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+                 torch.get_float32_matmul_precision()) + (
         () if score is None else
         (score.shape, score.dtype, score.device, _hashable(score_rows), _hashable(score_cols)))
     checked = _CHECKED.get(signature)
     if checked is None:
         rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
-        config = attention_config(q.shape[3], q.dtype, interpreter=q.device.type != "cuda")
+        config = attention_config(q.shape[3], q.dtype, interpreter=q.device.type != "cuda", seq_len=k.shape[2])
         if len(_CHECKED) >= _MAX_CHECKED:
             _CHECKED.clear()
         checked = _CHECKED[signature] = rows, cols, config
@@ -586,7 +696,7 @@ def attention_forward(
     """
     B, H, Nq, d = q.shape
     Nk = k.shape[2]
-    cfg = config or attention_config(d, q.dtype, interpreter=q.device.type != "cuda")
+    cfg = config or attention_config(d, q.dtype, interpreter=q.device.type != "cuda", seq_len=Nk)
     if out is None:
         out = _token_major(B, H, Nq, d, q)
     if lse is None:
@@ -596,21 +706,32 @@ def attention_forward(
     has_score = score is not None and r1 > r0 and c1 > c0
     if B == 0 or H == 0 or Nq == 0:
         return out, lse
-    score_arg = score if has_score else lse  # any valid pointer; unused without HAS_SCORE
-    score_strides = (score.stride(0), score.stride(1)) if has_score else (0, 0)
-    grid = (cdiv(Nq, cfg.fwd.block_m), H, B)
+    block_m = cfg.fwd.block_m
+    if has_score:
+        # Column sums per (sample, head, query block holding score rows), each element stored
+        # once by one program (no atomics), then summed below in one fixed order.
+        score_blocks = (r1 - 1) // block_m - r0 // block_m + 1
+        partial = torch.empty((B, H, score_blocks, c1 - c0), dtype=torch.float32, device=q.device)
+        partial_strides = partial.stride()
+    else:
+        partial, partial_strides = lse, (0, 0, 0, 0)  # any valid pointer; unused without HAS_SCORE
+    grid = (cdiv(Nq, block_m), H, B)
     with device_guard(q):
         _attn_fwd[grid](
-            q, k, v, out, lse, score_arg,
+            q, k, v, out, lse, partial,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             lse.stride(0), lse.stride(1),
-            *score_strides,
+            *partial_strides,
             Nq, Nk, scale * LOG2E,
-            r0, r1, c0, c1, float(score_weight) / H,
-            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
-            HAS_SCORE=has_score,
+            r0, r1, c0, c1,
+            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=block_m, BLOCK_N=cfg.fwd.block_n,
+            HAS_SCORE=has_score, ONE_KEY_TILE=Nk <= cfg.fwd.block_n, DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages,
         )
+    if has_score:
+        # A reduction over a fixed shape runs in one fixed order on a given device, so identical
+        # inputs give bitwise-identical scores (relaxed atomics would add in arrival order).
+        score.add_(partial.flatten(1, 2).sum(dim=1), alpha=float(score_weight) / H)
     return out, lse
 
 
@@ -656,6 +777,7 @@ def attention_backward(
             lse.stride(0), lse.stride(1), *dk.stride(), *dv.stride(),
             Nq, Nk, scale, scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
+            DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages,
         )
         _attn_bwd_dq[(cdiv(Nq, cfg.dq.block_m), H, B)](
@@ -664,6 +786,7 @@ def attention_backward(
             lse.stride(0), lse.stride(1), *dq.stride(),
             Nq, Nk, scale, scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+            DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages,
         )
     return dq, dk, dv

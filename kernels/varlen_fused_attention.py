@@ -99,6 +99,7 @@ def _varlen_attn_fwd(
     stride_lse_h,
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
@@ -116,8 +117,8 @@ def _varlen_attn_fwd(
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_ot, stride_od,
         1, 0,
         start_m, length, length, qk_scale,
-        0, 0, 0, 0, 0.0,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False,
+        0, 0, 0, 0,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, ONE_KEY_TILE, DOT_PRECISION,
     )
 
 
@@ -155,6 +156,7 @@ def _varlen_attn_bwd_dkdv(
     stride_dvt, stride_dvh, stride_dvd,
     sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     head = tl.program_id(1).to(tl.int64)
@@ -174,7 +176,7 @@ def _varlen_attn_bwd_dkdv(
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_dot, stride_dod,
         1, stride_dkt, stride_dkd, stride_dvt, stride_dvd,
         start_n, length, length, sm_scale, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION,
     )
 
 
@@ -189,6 +191,7 @@ def _varlen_attn_bwd_dq(
     stride_dqt, stride_dqh, stride_dqd,
     sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
@@ -207,7 +210,7 @@ def _varlen_attn_bwd_dq(
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_dot, stride_dod,
         1, stride_dqt, stride_dqd,
         start_m, length, length, sm_scale, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION,
     )
 
 
@@ -284,8 +287,8 @@ def _check_varlen_values(cu_seqlens: torch.Tensor, num_tokens: int, max_seqlen: 
 # ----------------------------------------------------------------------------------------------
 
 
-def _config(q: torch.Tensor, config: AttentionConfig | None) -> AttentionConfig:
-    return config or attention_config(q.shape[2], q.dtype, interpreter=q.device.type != "cuda")
+def _config(q: torch.Tensor, max_seqlen: int, config: AttentionConfig | None) -> AttentionConfig:
+    return config or attention_config(q.shape[2], q.dtype, interpreter=q.device.type != "cuda", seq_len=max_seqlen)
 
 
 def varlen_attention_forward(
@@ -307,7 +310,7 @@ def varlen_attention_forward(
     """
     T, H, d = q.shape
     R = cu_seqlens.shape[0] - 1
-    cfg = _config(q, config)
+    cfg = _config(q, max_seqlen, config)
     if out is None:
         out = torch.empty((T, H, d), dtype=q.dtype, device=q.device)
     if lse is None:
@@ -323,6 +326,7 @@ def varlen_attention_forward(
             lse.stride(0),
             scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
+            ONE_KEY_TILE=max_seqlen <= cfg.fwd.block_n, DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages,
         )
     return out, lse
@@ -347,7 +351,7 @@ def varlen_attention_backward(
     """Launch the three backward kernels; returns (dq, dk, dv), contiguous (T, H, d) unless given."""
     T, H, d = q.shape
     R = cu_seqlens.shape[0] - 1
-    cfg = _config(q, config)
+    cfg = _config(q, max_seqlen, config)
     dq = torch.empty((T, H, d), dtype=q.dtype, device=q.device) if dq is None else dq
     dk = torch.empty((T, H, d), dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty((T, H, d), dtype=v.dtype, device=v.device) if dv is None else dv
@@ -368,6 +372,7 @@ def varlen_attention_backward(
             lse.stride(0), *dk.stride(), *dv.stride(),
             scale, scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
+            DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages,
         )
         _varlen_attn_bwd_dq[(cdiv(max_seqlen, cfg.dq.block_m), H, R)](
@@ -376,6 +381,7 @@ def varlen_attention_backward(
             lse.stride(0), *dq.stride(),
             scale, scale * LOG2E,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+            DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages,
         )
     return dq, dk, dv
@@ -465,76 +471,53 @@ def varlen_attention(
 # Ahead-of-time compilation specs (kernels.aot): registers / spills without a GPU
 # ----------------------------------------------------------------------------------------------
 
-_TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_FP32_BUFFERS = {"LSE", "Delta"}
-_FLOAT_ARGS = {"qk_scale", "sm_scale"}
-
-
-def _kernel_signature(kernel, name: str, dtype: torch.dtype, constexprs: dict[str, Any]):
-    """Argument types as the launchers produce them for the model's tensors: (T, H, d) views with a
-    contiguous head dim (stride 1: a constant, as triton specialises it) and row / head strides
-    that are multiples of 16 (3 H d, d for d = 32, 64); the (H, T) buffers' head stride T and the
-    token count are plain ints (never specialised, see `_RUNTIME_INTS`)."""
-    elem = _TORCH_TO_TRITON[dtype]
-    signature: dict[str, str] = {}
-    consts = dict(constexprs)
-    divisible: list[str] = []
-    for arg in kernel.arg_names:
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg == "CuSeqlens":
-            signature[arg] = "*i32"
-            divisible.append(arg)
-        elif arg[:1].isupper() or arg.startswith("d") and arg[1:2].isupper():  # Q, dOut, dK, ...
-            signature[arg] = "*fp32" if arg in _FP32_BUFFERS else f"*{elem}"
-            divisible.append(arg)
-        elif arg in _FLOAT_ARGS:
-            signature[arg] = "fp32"
-        elif arg in _RUNTIME_INTS:
-            signature[arg] = "i32"
-        elif arg.startswith("stride_") and arg.endswith("d"):
-            signature[arg] = "constexpr"
-            consts[arg] = 1
-        elif arg.startswith("stride_"):
-            signature[arg] = "i32"
-            divisible.append(arg)
-        else:
-            raise ValueError(f"no AOT type for argument {arg!r} of {name}")
-    return signature, consts, divisible
-
 
 def varlen_attention_kernel_specs(
-    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None
+    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None,
+    seq_lens=(None,), precisions=("ieee", "tf32"),
 ) -> list[Any]:
     """`kernels.aot.KernelSpec`s of the forward and the three backward kernels at the launchers'
-    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype)`). Variants are
-    labelled "varlen fwd", "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
-    from kernels.aot import KernelSpec
+    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype, max_seqlen)`), for each
+    `max_seqlen` in `seq_lens` (None: long sequences; the backward only there, its tiles do not
+    depend on it) and, for fp32, each dot precision. Variants are labelled "varlen fwd",
+    "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
+    from kernels.aot import KernelSpec, attention_signature, fp32_precisions
 
-    config_fn = config_fn or attention_config
+    config_fn = config_fn or (lambda d, dtype, n: attention_config(d, dtype, seq_len=n))
     kernels = [
         (_varlen_attn_fwd, "varlen fwd", "fwd"),
         (_varlen_attn_bwd_preprocess, "varlen bwd delta", "delta"),
         (_varlen_attn_bwd_dkdv, "varlen bwd dk/dv", "dkdv"),
         (_varlen_attn_bwd_dq, "varlen bwd dq", "dq"),
     ]
-    specs = []
+    specs, seen = [], set()
     for cap in capabilities:
         for d in head_dims:
             for dtype_name in dtypes:
                 dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else dtype_name
                 dtype_name = str(dtype).removeprefix("torch.")
-                cfg = config_fn(d, dtype)
-                for kernel, variant, which in kernels:
-                    launch = getattr(cfg, which)
-                    consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m}
-                    if which != "delta":
-                        consts["BLOCK_N"] = launch.block_n
-                    name = getattr(kernel, "fn", kernel).__name__  # the python function's name
-                    sig, consts, div = _kernel_signature(kernel, name, dtype, consts)
-                    specs.append(KernelSpec(
-                        name, __name__, sig, consts, div, launch.num_warps, launch.num_stages, cap,
-                        {"dtype": dtype_name, "head_dim": d, "variant": variant,
-                         "block_m": launch.block_m, "block_n": launch.block_n},
-                    ))
+                for n in seq_lens:
+                    cfg = config_fn(d, dtype, n)
+                    for precision in fp32_precisions(dtype_name, precisions):
+                        for kernel, variant, which in kernels:
+                            if n is not None and which != "fwd":
+                                continue
+                            launch = getattr(cfg, which)
+                            consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m}
+                            if which != "delta":
+                                consts["BLOCK_N"] = launch.block_n
+                                consts["DOT_PRECISION"] = precision
+                            if which == "fwd":
+                                consts["ONE_KEY_TILE"] = n is not None and n <= launch.block_n
+                            key = (cap, which, dtype_name, tuple(sorted(consts.items())), launch)
+                            if key in seen:  # another length with the same tiles: one build
+                                continue
+                            seen.add(key)
+                            name = getattr(kernel, "fn", kernel).__name__  # the python function's name
+                            sig, consts, div = attention_signature(kernel, dtype_name, consts)
+                            specs.append(KernelSpec(
+                                name, __name__, sig, consts, div, launch.num_warps, launch.num_stages, cap,
+                                {"dtype": dtype_name, "head_dim": d, "variant": variant, "seq_len": n or "long",
+                                 "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
+                            ))
     return specs

@@ -11,9 +11,10 @@ import pytest
 
 from kernels.aot import (
     KernelSpec,
-    _attention_signature,
     _sass_spills,
     attention_kernel_specs,
+    attention_signature,
+    ctas_per_sm,
     measure_specs,
     tools_available,
 )
@@ -32,9 +33,12 @@ def resources():
     specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES)
     # One configuration known to spill (fp32, d 128, 32 x 32 tiles, 4 warps on sm_80): proves the
     # measurement does see spills.
-    sig, consts, div = _attention_signature(
-        "_attn_fwd", "float32",
-        {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 32, "BLOCK_N": 32, "HAS_SCORE": False}, False,
+    from kernels.fused_attention import _attn_fwd
+
+    sig, consts, div = attention_signature(
+        _attn_fwd, "float32",
+        {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 32, "BLOCK_N": 32, "HAS_SCORE": False, "ONE_KEY_TILE": False,
+         "DOT_PRECISION": "ieee"},
     )
     specs.append(
         KernelSpec("_attn_fwd", "kernels.fused_attention", sig, consts, div, 4, 1, 80, {"variant": "oversized"})
@@ -46,14 +50,18 @@ def resources():
     }
 
 
-def assert_compiles_cleanly(r: dict, cap: int, uses_dots: bool) -> None:
-    """No spills or local memory, shared memory within the card's limit, dots on tensor cores."""
+def assert_compiles_cleanly(r: dict, cap: int, uses_dots: bool, wgmma: bool = True) -> None:
+    """No spills or local memory, shared memory within the card's limit, registers and shared
+    memory for at least 2 CTAs per SM, dots on tensor cores (wgmma on sm_90 unless a tile is too
+    short for it: wgmma needs 64 rows per warp group)."""
     assert 0 < r["registers"] <= 255, r
     assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"register spills: {r}"
     assert r["stack"] == 0 and r["local"] == 0, f"local memory in use: {r}"
     assert 0 < r["shared_mem"] <= SHARED_LIMIT[cap], r
+    assert r["ctas_per_sm"] >= 2, f"fewer than 2 CTAs per SM: {r}"
     if uses_dots:  # the delta preprocess has no matrix product
-        assert r["tensor_cores"] == ("wgmma" if cap >= 90 else "mma"), f"dots not on tensor cores: {r}"
+        expected = ("wgmma",) if cap >= 90 and wgmma else ("wgmma", "mma") if cap >= 90 else ("mma",)
+        assert r["tensor_cores"] in expected, f"dots not on tensor cores: {r}"
 
 
 VARIANTS = ("fwd", "fwd+score", "bwd delta", "bwd dk/dv", "bwd dq")
@@ -72,8 +80,11 @@ def test_launcher_configs_are_the_ones_compiled():
 
     from kernels.fused_attention import attention_config
 
-    for spec in attention_kernel_specs((90,), (64,), ("float16",)):
-        cfg = attention_config(64, torch.float16)
+    for spec in attention_kernel_specs((90,), (64,), ("float16",), seq_lens=(66, 126, None)):
+        n = None if spec.label["seq_len"] == "long" else spec.label["seq_len"]
+        cfg = attention_config(64, torch.float16, seq_len=n)
+        if spec.kernel == "_attn_fwd":
+            assert spec.constexprs["ONE_KEY_TILE"] == (n is not None)
         launch = {"fwd": cfg.fwd, "fwd+score": cfg.fwd, "bwd delta": cfg.delta, "bwd dk/dv": cfg.dkdv,
                   "bwd dq": cfg.dq}[spec.label["variant"]]
         assert spec.constexprs["BLOCK_M"] == launch.block_m
@@ -137,3 +148,55 @@ def test_sass_spill_parser():
         /*0140*/  LDS R5, [R0] ;
     """
     assert _sass_spills(sass) == {"spill_stores": 12, "spill_loads": 16}
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiles per sequence length (the one-key-tile forward of the coarse stage) and fp32 on tensor cores
+# ------------------------------------------------------------------------------------------------
+
+COARSE_LENGTHS = (66, 126)
+
+
+@pytest.fixture(scope="module")
+def length_resources():
+    specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES, seq_lens=COARSE_LENGTHS)
+    specs += attention_kernel_specs(CAPS, (64,), ("float32",), seq_lens=(66, None))
+    rows = measure_specs(specs)
+    return {(r["capability"], r["head_dim"], r["dtype"], r["precision"], r["seq_len"], r["variant"]): r
+            for r in rows}
+
+
+@pytest.mark.parametrize("variant", ("fwd", "fwd+score"))
+@pytest.mark.parametrize("n", COARSE_LENGTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("cap", CAPS)
+def test_one_key_tile_forward_compiles_cleanly(length_resources, cap, head_dim, dtype, n, variant):
+    r = length_resources[(cap, head_dim, dtype, "ieee", n, variant)]
+    assert_compiles_cleanly(r, cap, uses_dots=True, wgmma=r["block_m"] >= 64)
+
+
+# the backward's tiles do not depend on the length: built for long sequences only
+FP32_CASES = [(66, "fwd"), (66, "fwd+score")] + [("long", v) for v in ("fwd", "fwd+score", "bwd dk/dv", "bwd dq")]
+
+
+@pytest.mark.parametrize("n,variant", FP32_CASES)
+@pytest.mark.parametrize("cap", CAPS)
+def test_fp32_tf32_on_tensor_cores_ieee_not(length_resources, cap, n, variant):
+    """fp32 dots with input_precision="tf32" compile to tensor-core instructions without spills;
+    the IEEE variant (precision "highest", the parity tests') has none, so the switch is real."""
+    key = (cap, 64, "float32")
+    tf32 = length_resources[(*key, "tf32", n, variant)]
+    assert_compiles_cleanly(tf32, cap, uses_dots=True, wgmma=False)
+    ieee = length_resources[(*key, "ieee", n, variant)]
+    assert ieee["tensor_cores"] == "-", ieee
+    assert ieee["spill_stores"] == 0 and ieee["spill_loads"] == 0, f"register spills: {ieee}"
+
+
+def test_ctas_per_sm_arithmetic():
+    # 128 registers x 128 threads: 65536 / 16384 = 4 CTAs by registers; 100 KiB of shared memory:
+    # 1 CTA on sm_80 (164 KiB per SM), 2 on sm_90 (228 KiB per SM)
+    assert ctas_per_sm(80, 128, 4, 0) == 4
+    assert ctas_per_sm(80, 128, 4, 100 * 1024) == 1
+    assert ctas_per_sm(90, 128, 4, 100 * 1024) == 2
+    assert ctas_per_sm(90, 255, 8, 0) == 1  # 256 registers x 256 threads fill the register file
