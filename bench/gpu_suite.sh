@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should run, in one call of under 10 minutes (limits total 550 s):
-#   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed)
+#   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed), then
+#      tests/test_gpu.py (what only a GPU shows: bf16, autocast, CUDA graphs, determinism, recompiles)
 #   2. bench/bench_attention.py and bench/bench_composition.py (triton.testing.do_bench)
 #   3. bench/throughput.py: bf16 at batch 256 (the target run, with CUDA graphs, transformers' VitPose
 #      when installed, and a plot), bf16 at batch 64, fp32 at batch 64 and 256; the most important
@@ -11,7 +12,7 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR
 #
-# Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_KERNELS_S (each kernel script),
+# Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_GPU_TESTS_S, SUITE_KERNELS_S (each kernel script),
 # SUITE_BF16_256_S, SUITE_BF16_64_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is added to every throughput
 # run. Wheels in .whl/ at the repository root (bench/offline_wheels.sh: fvcore for the GFLOPs column,
 # pycocotools) are installed first when that folder exists, for machines with no package index.
@@ -64,7 +65,8 @@ KERNEL_TESTS="tests/test_backend.py tests/test_fused_attention.py tests/test_var
 PARALLEL=""
 "$PYTHON" -c "import xdist" 2>/dev/null && PARALLEL="-n 8"
 # shellcheck disable=SC2086
-step pytest "${SUITE_PYTEST_S:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
+step pytest "${SUITE_PYTEST_S:-120}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
+step gpu_tests "${SUITE_GPU_TESTS_S:-60}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
 for script in bench_attention bench_composition; do
   step "$script" "${SUITE_KERNELS_S:-60}" "$PYTHON" "bench/$script.py"
 done
@@ -79,7 +81,7 @@ throughput() {
 throughput bf16_256 "${SUITE_BF16_256_S:-120}" --dtype bf16 --batch-size 256 --cuda-graphs \
   --plot "$OUT_DIR/throughput_bf16_256.png"
 throughput bf16_64 "${SUITE_BF16_64_S:-60}" --dtype bf16 --batch-size 64 --cuda-graphs --no-hf
-throughput fp32 "${SUITE_FP32_S:-100}" --dtype fp32 --batch-size 64,256 --warmup 3 --iters 10 --no-hf
+throughput fp32 "${SUITE_FP32_S:-70}" --dtype fp32 --batch-size 64,256 --warmup 3 --iters 10 --no-hf
 rm -f "$OUT_DIR/.flops.json"
 
 # the throughput tables, from the JSON files the runs wrote
