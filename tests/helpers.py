@@ -19,6 +19,7 @@ the cases where PyTorch happens to be exact (length-1 softmax, a copy).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -98,16 +99,19 @@ def assert_as_accurate_as_torch(
     what: str,
     factor: float = 2.0,
     reorder: float = 0.0,
+    magnitude: float | None = None,
 ) -> None:
     """FlashAttention's criterion: |actual - exact| <= factor * |torch_result - exact| + floor, where
     `exact` is the computation in float64 and `torch_result` the same computation by PyTorch
     in `actual`'s precision; the floor is FLOOR_ULPS ulps of max|exact| in that precision.
     `reorder` adds the bound of a reduction the kernel does in another order than PyTorch
-    (`summation_bound`), where that, not rounding to the dtype, dominates."""
+    (`summation_bound`), where that, not rounding to the dtype, dominates. `magnitude` replaces
+    max|exact| in the floor where the result is a cancellation of larger terms (a gradient that
+    vanishes exactly while its terms do not)."""
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
     assert actual.shape == exact.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(exact.shape)}"
     ours, theirs = max_abs_error(actual, exact), max_abs_error(torch_result, exact)
-    floor = FLOOR_ULPS * 2 * unit_roundoff(actual.dtype) * max_abs(exact)
+    floor = FLOOR_ULPS * 2 * unit_roundoff(actual.dtype) * (max_abs(exact) if magnitude is None else magnitude)
     bound = factor * theirs + floor + reorder
     assert ours <= bound, (
         f"{what}: error {ours:.3g} vs the float64 result exceeds {factor} x PyTorch's "
@@ -131,6 +135,29 @@ def run_isolated(code: str, timeout: float = 600.0) -> None:
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise AssertionError(f"isolated check failed (exit status {proc.returncode}):\n{tail}")
+
+
+def measure_specs_cached(config, specs) -> list[dict]:
+    """`kernels.aot.measure_specs(specs)` (a minute of ptxas on CPU), kept in pytest's cache under a
+    key of the specs, the kernels' sources and the triton version: a rerun with the same kernels
+    reads the rows back."""
+    from dataclasses import asdict
+    from importlib.metadata import version
+
+    from kernels.aot import measure_specs
+
+    digest = hashlib.sha256(json.dumps([asdict(s) for s in specs], sort_keys=True, default=str).encode())
+    digest.update(version("triton").encode())
+    for source in sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.py")):
+        digest.update(source.read_bytes())
+    key = f"sharpose/aot/{digest.hexdigest()[:24]}"
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    rows = cache.get(key, None) if cache is not None else None
+    if rows is None:
+        rows = measure_specs(specs)
+        if cache is not None:
+            cache.set(key, rows)
+    return rows
 
 
 def official_tiny_model(**overrides):

@@ -98,8 +98,11 @@ def _check(B, H, N, d, dtype, device, rows=None, cols=None, with_score=True, sca
         torch_score = theirs[1] if dtype == torch.float32 else run(reference.attention, torch.float32)[1]
         reorder = _score_reorder_bound(q, rows, exact[1])
         assert_as_accurate_as_torch(ours[1], exact[1], torch_score, "score increment", reorder=reorder)
+    # dq is a cancellation (dO.V minus the row's delta) that vanishes where a row attends to one key:
+    # its rounding scales with the op's largest gradient, not with its own size
+    grad_magnitude = max((max_abs(g) for g in exact[2]), default=0.0)
     for name, a, b, c in zip(("d(qkv)", "d(kv)"), ours[2], exact[2], theirs[2]):
-        assert_as_accurate_as_torch(a, b, c, name)
+        assert_as_accurate_as_torch(a, b, c, name, magnitude=grad_magnitude)
 
 
 def _kv_views(kv, B, H, Nk, d):

@@ -353,7 +353,7 @@ def test_model_attention_layer(device):
     x = torch.randn(T, C, device=device)
     results = []
     for module, dtype in ((layer, torch.float32), (ref_layer, torch.float64), (ref_layer, torch.float32)):
-        x_ = x.to(dtype).requires_grad_()
+        x_ = x.detach().clone().to(dtype).requires_grad_()
         out = module.to(dtype)(x_, packed)
         out.square().sum().backward()
         results.append((out, x_.grad))
