@@ -264,6 +264,14 @@ def test_fp16(device, B, H, N, d):
     _check(B, H, N, d, torch.float16, device, rows, cols)
 
 
+@pytest.mark.parametrize("B,H,N,d", [(2, 3, 66, 32), (1, 2, 125, 64)])
+def test_fp16_extreme_logits(device, B, H, N, d):
+    """Softmax scale 1 instead of d^-1/2: logits of tens, a log-sum-exp of tens, peaked probabilities
+    (the regime where storing the log-sum-exp in less than float32 shows in the gradients)."""
+    rows, cols = _model_score_ranges(N)
+    _check(B, H, N, d, torch.float16, device, rows, cols, scale=1.0)
+
+
 @pytest.mark.parametrize("B,H,N,d", [(2, 2, 125, 64), (1, 3, 224, 32)])
 def test_fp16_without_score(device, B, H, N, d):
     _check(B, H, N, d, torch.float16, device, with_score=False)
