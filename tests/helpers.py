@@ -1,4 +1,4 @@
-"""Shared test helpers: error bounds derived from the dtype and the operation, crash isolation.
+"""Shared test helpers: error bounds derived from the dtype and the operation, shared inputs.
 
 Rounding model used by every tolerance in the suite
 ---------------------------------------------------
@@ -22,10 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import torch
@@ -117,24 +113,6 @@ def assert_as_accurate_as_torch(
         f"{what}: error {ours:.3g} vs the float64 result exceeds {factor} x PyTorch's "
         f"own {actual.dtype} error {theirs:.3g} + floor {floor:.3g} (|exact| <= {max_abs(exact):.3g})"
     )
-
-
-def run_isolated(code: str, timeout: float = 600.0) -> None:
-    """Run `code` in a fresh Python process (with this process's environment): a kernel that
-    crashes the interpreter (an out-of-bounds access aborts it) then fails one test, not pytest.
-
-    The code must raise (e.g. assert) to fail; its stderr is shown in the failure message."""
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(tests_dir)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root, tests_dir, env.get("PYTHONPATH", "")])
-    if not torch.cuda.is_available():
-        env.setdefault("TRITON_INTERPRET", "1")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        raise AssertionError(f"isolated check failed (exit status {proc.returncode}):\n{tail}")
 
 
 def measure_specs_cached(config, specs) -> list[dict]:
