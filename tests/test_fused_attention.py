@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels import reference
-from helpers import assert_as_accurate_as_torch, assert_close, assert_rel_close, max_abs, summation_bound
+from helpers import assert_as_accurate_as_torch, assert_close, max_abs, summation_bound
 from kernels.fused_attention import (
     LOG2E,
     AttentionConfig,
@@ -36,6 +36,11 @@ def _qkv(B, H, N, d, dtype, device, requires_grad=True):
 def _views(x, B, H, N, d):
     qkv = x.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
     return qkv[0], qkv[1], qkv[2]
+
+
+def _kv_views(kv, B, H, Nk, d):
+    kvv = kv.reshape(B, Nk, 2, H, d).permute(2, 0, 3, 1, 4)
+    return kvv[0], kvv[1]
 
 
 def _model_score_ranges(N):
@@ -103,11 +108,6 @@ def _check(B, H, N, d, dtype, device, rows=None, cols=None, with_score=True, sca
     grad_magnitude = max((max_abs(g) for g in exact[2]), default=0.0)
     for name, a, b, c in zip(("d(qkv)", "d(kv)"), ours[2], exact[2], theirs[2]):
         assert_as_accurate_as_torch(a, b, c, name, magnitude=grad_magnitude)
-
-
-def _kv_views(kv, B, H, Nk, d):
-    kvv = kv.reshape(B, Nk, 2, H, d).permute(2, 0, 3, 1, 4)
-    return kvv[0], kvv[1]
 
 
 # ------------------------------------------------------------------------------------------------
