@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks in one call, the step time limits totalling 550 s by default:
+# The GPU checks in one call, the step time limits totalling 520 s by default:
 #   1. the kernel and Triton-model tests, compiled on the GPU (pytest-xdist when installed), then
+#      tests/test_gpu.py (what only a GPU shows: bf16, autocast, CUDA graphs, determinism, recompiles) and
 #      bench/gpu_checks.py: the capturable forward under sync debug mode "error", and CUDA graphs with
 #      early exit replayed at exit rates 0, 0.3 and 0.6 against eager
 #   2. bench/bench_attention.py and bench/bench_composition.py (triton.testing.do_bench)
@@ -14,9 +15,9 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR
 #
-# Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_CHECKS_S, SUITE_KERNELS_S (each kernel
-# script), SUITE_BF16_256_S, SUITE_BF16_64_S, SUITE_TRAIN_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is added to
-# every throughput run. Wheels in .whl/ at the repository root (bench/offline_wheels.sh: fvcore for the
+# Time limits (seconds) can be changed through SUITE_PYTEST_S, SUITE_GPU_TESTS_S, SUITE_CHECKS_S, SUITE_KERNELS_S
+# (each kernel script), SUITE_BF16_256_S, SUITE_BF16_64_S, SUITE_TRAIN_S and SUITE_FP32_S; SUITE_THROUGHPUT_ARGS is
+# added to every throughput run. Wheels in .whl/ at the repository root (bench/offline_wheels.sh: fvcore for the
 # GFLOPs column, pycocotools) are installed first when that folder exists, for machines with no package index.
 set -u
 
@@ -69,10 +70,11 @@ KERNEL_TESTS="tests/test_backend.py tests/test_fused_attention.py tests/test_var
 PARALLEL=""
 "$PYTHON" -c "import xdist" 2>/dev/null && PARALLEL="-n 8"
 # shellcheck disable=SC2086
-step pytest "${SUITE_PYTEST_S:-120}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
-step gpu_checks "${SUITE_CHECKS_S:-60}" "$PYTHON" bench/gpu_checks.py
+step pytest "${SUITE_PYTEST_S:-100}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
+step gpu_tests "${SUITE_GPU_TESTS_S:-50}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
+step gpu_checks "${SUITE_CHECKS_S:-40}" "$PYTHON" bench/gpu_checks.py
 for script in bench_attention bench_composition; do
-  step "$script" "${SUITE_KERNELS_S:-50}" "$PYTHON" "bench/$script.py"
+  step "$script" "${SUITE_KERNELS_S:-45}" "$PYTHON" "bench/$script.py"
 done
 # throughput RUN LIMIT ARGS...: one bench/throughput.py run writing OUT_DIR/throughput_RUN.json
 throughput() {
@@ -82,12 +84,12 @@ throughput() {
   step "throughput_$run" "$limit" "$PYTHON" bench/throughput.py --no-progress --flop-cache "$OUT_DIR/.flops.json" \
     "$@" ${SUITE_THROUGHPUT_ARGS:-} --json "$OUT_DIR/throughput_$run.json"
 }
-throughput bf16_256 "${SUITE_BF16_256_S:-110}" --dtype bf16 --batch-size 256 --cuda-graphs \
+throughput bf16_256 "${SUITE_BF16_256_S:-100}" --dtype bf16 --batch-size 256 --cuda-graphs \
   --plot "$OUT_DIR/throughput_bf16_256.png"
-throughput bf16_64 "${SUITE_BF16_64_S:-50}" --dtype bf16 --batch-size 64 --cuda-graphs --no-hf
-throughput train_bf16 "${SUITE_TRAIN_S:-50}" --train --dtype bf16 --resolution 256x192 --batch-size 64 \
+throughput bf16_64 "${SUITE_BF16_64_S:-45}" --dtype bf16 --batch-size 64 --cuda-graphs --no-hf
+throughput train_bf16 "${SUITE_TRAIN_S:-45}" --train --dtype bf16 --resolution 256x192 --batch-size 64 \
   --warmup 2 --iters 8
-throughput fp32 "${SUITE_FP32_S:-60}" --dtype fp32 --batch-size 64,256 --warmup 2 --iters 8 --no-hf
+throughput fp32 "${SUITE_FP32_S:-50}" --dtype fp32 --batch-size 64,256 --warmup 2 --iters 8 --no-hf
 rm -f "$OUT_DIR/.flops.json"
 
 # the throughput tables, from the JSON files the runs wrote

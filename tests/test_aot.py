@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import measure_specs_cached
 from kernels.aot import (
     KernelSpec,
     _sass_spills,
     attention_kernel_specs,
     attention_signature,
     ctas_per_sm,
-    measure_specs,
     tools_available,
 )
 
 _TOOLS_OK, _WHY = tools_available()
-pytestmark = pytest.mark.skipif(not _TOOLS_OK, reason=f"CUDA tools from the triton wheel cannot run here: {_WHY}")
+pytestmark = [
+    pytest.mark.skipif(not _TOOLS_OK, reason=f"CUDA tools from the triton wheel cannot run here: {_WHY}"),
+    pytest.mark.slow,
+]
 
 CAPS = (80, 90)
 HEAD_DIMS = (32, 64)
@@ -29,7 +32,7 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per
 
 
 @pytest.fixture(scope="module")
-def resources():
+def resources(request):
     specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES)
     # One configuration known to spill (fp32, d 128, 32 x 32 tiles, 4 warps on sm_80): proves the
     # measurement does see spills.
@@ -43,7 +46,7 @@ def resources():
     specs.append(
         KernelSpec("_attn_fwd", "kernels.fused_attention", sig, consts, div, 4, 1, 80, {"variant": "oversized"})
     )
-    rows = measure_specs(specs)
+    rows = measure_specs_cached(request.config, specs)
     return {
         "oversized" if r["variant"] == "oversized" else (r["capability"], r["head_dim"], r["dtype"], r["variant"]): r
         for r in rows
@@ -101,10 +104,10 @@ VARLEN_VARIANTS = ("varlen fwd", "varlen bwd delta", "varlen bwd dk/dv", "varlen
 
 
 @pytest.fixture(scope="module")
-def varlen_resources():
+def varlen_resources(request):
     from kernels.varlen_fused_attention import varlen_attention_kernel_specs
 
-    rows = measure_specs(varlen_attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES))
+    rows = measure_specs_cached(request.config, varlen_attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES))
     return {(r["capability"], r["head_dim"], r["dtype"], r["variant"]): r for r in rows}
 
 
@@ -158,10 +161,10 @@ COARSE_LENGTHS = (66, 126)
 
 
 @pytest.fixture(scope="module")
-def length_resources():
+def length_resources(request):
     specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES, seq_lens=COARSE_LENGTHS)
     specs += attention_kernel_specs(CAPS, (64,), ("float32",), seq_lens=(66, None))
-    rows = measure_specs(specs)
+    rows = measure_specs_cached(request.config, specs)
     return {(r["capability"], r["head_dim"], r["dtype"], r["precision"], r["seq_len"], r["variant"]): r
             for r in rows}
 

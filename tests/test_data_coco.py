@@ -7,7 +7,7 @@ import torch
 
 from sharpose.data import COCO, CocoTopDownDataset, box_to_center_scale
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 COCO_MINI = DATA_DIR / "coco-mini"
 ANN = COCO_MINI / "annotations" / "test_coco.json"

@@ -7,7 +7,7 @@ import torch
 
 from sharpose.data import MPII, MpiiTopDownDataset
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 MPII_MINI = DATA_DIR / "mpii-mini"
 ANN = MPII_MINI / "annotations" / "test_mpii.json"

@@ -13,7 +13,7 @@ from sharpose.engine.builders import build_val_dataset
 from sharpose.engine.config import load_config
 from sharpose.engine.distributed import DistContext
 from sharpose.evaluate import main as evaluate_main
-from sharpose.evaluation import coco_keypoint_metrics, decode_heatmaps, flip_back_heatmaps
+from sharpose.evaluation import coco_keypoint_metrics, decode_heatmaps
 from sharpose.evaluation.inference import predict
 from sharpose.evaluation.runner import evaluate_model
 from sharpose.models import PoseModel, PoseOutput
@@ -48,7 +48,7 @@ class GroundTruthModel(PoseModel):
                 out.append(self.targets[(self.images == image).flatten(1).all(1)][0])
             else:  # a flipped crop
                 match = (self.images.flip(3) == image).flatten(1).all(1)
-                out.append(flip_back_heatmaps(self.targets[match], self.flip_pairs)[0])
+                out.append(mirror_back(self.targets[match], self.flip_pairs)[0])
         return PoseOutput(torch.stack(out))
 
 
@@ -86,11 +86,20 @@ def test_mpii_pckh_of_ground_truth(tmp_path):
     assert evaluate_model(GroundTruthModel(dataset), dataset, no_heads, CPU)["metrics"] == {}
 
 
+def mirror_back(heatmaps, flip_pairs):
+    """The flipped crop's heatmaps in the unflipped crop, written out: swap each left/right pair of
+    channels, reverse the width."""
+    swapped = heatmaps.clone()
+    for left, right in flip_pairs:
+        swapped[:, left], swapped[:, right] = heatmaps[:, right], heatmaps[:, left]
+    return swapped.flip(-1)
+
+
 def flip_test_heatmaps(model, images, flip_pairs, coarse=False):
     """The model's final (or coarse) heatmaps averaged with the flipped crop's, computed directly."""
     def pick(out):
         return out.coarse_heatmaps if coarse else out.heatmaps
-    return 0.5 * (pick(model(images)) + flip_back_heatmaps(pick(model(images.flip(3))), flip_pairs))
+    return 0.5 * (pick(model(images)) + mirror_back(pick(model(images.flip(3))), flip_pairs))
 
 
 def test_qthres_sweep_from_one_pass_matches_running_each_threshold(tmp_path, one_thread):

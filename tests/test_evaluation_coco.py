@@ -15,7 +15,7 @@ from sharpose.evaluation import (
     write_coco_results,
 )
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 COCO_MINI = DATA_DIR / "coco-mini"
 ANN = COCO_MINI / "annotations" / "test_coco.json"

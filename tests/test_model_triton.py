@@ -12,7 +12,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sharpose import create_model
 
-from test_models import assert_rel_close, official_tiny_model
+from helpers import (
+    OFFICIAL_PARITY_REL,
+    assert_as_accurate_as_torch,
+    assert_rel_close,
+    network_rel_tolerance,
+    official_tiny_model,
+)
 
 
 def test_official_tiny_parity_triton_backend(device):
@@ -23,10 +29,10 @@ def test_official_tiny_parity_triton_backend(device):
     assert torch.equal(out.refined, expected["refined_mask"])
     for row in out.refined.nonzero().flatten().tolist():
         assert set(out.selected[row].tolist()) == set(expected["selected_coarse_index"][row].tolist())
-    assert_rel_close(out.patch_scores, expected["keypoint_attention_score"])
-    assert_rel_close(out.quality, expected["quality"])
-    assert_rel_close(out.coarse_heatmaps, expected["coarse_heatmaps"])
-    assert_rel_close(out.heatmaps, expected["final_heatmaps"])
+    assert_rel_close(out.patch_scores, expected["keypoint_attention_score"], OFFICIAL_PARITY_REL, "patch_scores")
+    assert_rel_close(out.quality, expected["quality"], OFFICIAL_PARITY_REL, "quality")
+    assert_rel_close(out.coarse_heatmaps, expected["coarse_heatmaps"], OFFICIAL_PARITY_REL, "coarse_heatmaps")
+    assert_rel_close(out.heatmaps, expected["final_heatmaps"], OFFICIAL_PARITY_REL, "heatmaps")
 
 
 class ShapeRecorder(TorchDispatchMode):
@@ -70,20 +76,27 @@ def test_triton_gradients_match_reference(device):
     triton.load_state_dict(reference.state_dict())
     triton.to(device)
     images = torch.randn(2, 3, 256, 192)
-    grads = {}
+    grads, scores = {}, {}
     for name, model in (("reference", reference), ("triton", triton)):
         out = model.train()(images.to(device) if name == "triton" else images)
         loss = out.heatmaps.square().mean() + out.coarse_heatmaps.square().mean() + out.quality.square().mean()
         loss.backward()
         grads[name] = {n: p.grad.cpu() for n, p in model.named_parameters()}
+        scores[name] = out.patch_scores.detach().cpu()
+    # two float32 evaluations in different orders; the longest reduction is the patch embedding's
+    # (3 * 16 * 16 terms) forward and its weight gradient's (over the batch's 2 * 192 fine patches)
+    rel = network_rel_tolerance(3 * 16 * 16)
+    assert_rel_close(scores["triton"], scores["reference"], rel, "patch scores")
     for name, grad in grads["reference"].items():
-        assert_rel_close(grads["triton"][name], grad, rel=1e-4)
+        assert_rel_close(grads["triton"][name], grad, rel, f"d({name})")
 
 
 @pytest.mark.parametrize("token_budget", ["fixed", "adaptive"])
 def test_half_precision_model_matches_reference(device, token_budget):
     """The whole model in fp16 (bf16 needs CUDA) on the Triton backend, some samples exiting: the same
-    samples refine on the same patches as the reference backend, heatmaps within fp16 rounding."""
+    samples refine on the same patches as the reference backend in fp16 and fp32, and against the
+    fp32 model its heatmaps, quality and patch scores err at most twice as much as the reference
+    backend's in fp16 (FlashAttention's criterion at the model level)."""
     torch.manual_seed(5)
     kwargs = dict(depth=2, embed_dim=64, num_heads=2, token_budget=token_budget)
     reference = create_model("sharpose_small_256x192", backend="reference", **kwargs).eval()
@@ -94,12 +107,12 @@ def test_half_precision_model_matches_reference(device, token_budget):
     with torch.no_grad():
         quality = reference(images).quality.sort().values
         threshold = (quality[1] + quality[2]).item() / 2  # two samples exit, far from a tie
-        outs = []
-        for model in (reference, triton):
-            model.qp_threshold = threshold
-            outs.append(model.half().to(device)(images.half()))
-    expected, out = outs
+        reference.qp_threshold = triton.qp_threshold = threshold
+        exact = reference(images)
+        theirs = reference.half()(images.half())
+        out = triton.half().to(device)(images.half())
     assert out.heatmaps.dtype == torch.float16 and int(out.refined.sum()) == 2
-    assert torch.equal(out.refined, expected.refined) and torch.equal(out.selected, expected.selected)
-    assert_rel_close(out.heatmaps.float(), expected.heatmaps.float(), rel=1e-2)
-    assert_rel_close(out.quality.float(), expected.quality.float(), rel=1e-2)
+    for other in (theirs, exact):
+        assert torch.equal(out.refined, other.refined) and torch.equal(out.selected, other.selected)
+    for field in ("heatmaps", "coarse_heatmaps", "quality", "patch_scores"):
+        assert_as_accurate_as_torch(getattr(out, field), getattr(exact, field), getattr(theirs, field), field)

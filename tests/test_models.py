@@ -10,41 +10,9 @@ from sharpose import SHaRPose, create_model, load_checkpoint
 from sharpose.flops.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
 from sharpose.models.layers import Attention
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR, OFFICIAL_PARITY_REL, assert_rel_close, network_rel_tolerance, official_tiny_model
 
-OFFICIAL = DATA_DIR / "reference" / "official-tiny-a"
 LAYOUT = json.loads((DATA_DIR / "reference" / "official_layout.json").read_text())
-
-
-def official_tiny_model(**overrides) -> tuple[SHaRPose, dict]:
-    """The released-code model of official-tiny-a, built from its config.json, weights loaded."""
-    cfg = json.loads((OFFICIAL / "config.json").read_text())
-    expected = torch.load(OFFICIAL / "expected.pt", weights_only=True)
-    coarse, fine = cfg["img_sizes"]
-    assert [2 * s for s in coarse] == fine, "the coarse stage runs at half the input resolution"
-    model = SHaRPose(
-        input_size=tuple(fine),
-        patch_size=cfg["patch_size"],
-        embed_dim=cfg["embed_dim"],
-        depth=cfg["depth"],
-        num_heads=cfg["num_heads"],
-        mlp_ratio=cfg["mlp_ratio"],
-        qkv_bias=cfg["qkv_bias"],
-        num_keypoints=cfg["num_keypoints"],
-        alpha=cfg["alpha"],
-        beta=cfg["beta"],
-        heatmap_size=tuple(cfg["heatmap_size"]),
-        qp_threshold=float(expected["qp_threshold"]),
-        **overrides,
-    )
-    assert sorted(model.ema_weights) == cfg["ema_layers"]
-    load_checkpoint(model, OFFICIAL / "checkpoint.pth")
-    return model.eval(), expected
-
-
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
-    err = (actual - expected).abs().max().item()
-    assert err <= rel * expected.abs().max().item(), f"max abs error {err} vs max |expected| {expected.abs().max()}"
 
 
 def test_official_tiny_parity_reference_backend():
@@ -56,10 +24,10 @@ def test_official_tiny_parity_reference_backend():
     for row in out.refined.nonzero().flatten().tolist():
         assert set(out.selected[row].tolist()) == set(expected["selected_coarse_index"][row].tolist())
     assert (out.selected[~out.refined] == -1).all()
-    assert_rel_close(out.patch_scores, expected["keypoint_attention_score"])
-    assert_rel_close(out.quality, expected["quality"])
-    assert_rel_close(out.coarse_heatmaps, expected["coarse_heatmaps"])
-    assert_rel_close(out.heatmaps, expected["final_heatmaps"])
+    assert_rel_close(out.patch_scores, expected["keypoint_attention_score"], OFFICIAL_PARITY_REL)
+    assert_rel_close(out.quality, expected["quality"], OFFICIAL_PARITY_REL)
+    assert_rel_close(out.coarse_heatmaps, expected["coarse_heatmaps"], OFFICIAL_PARITY_REL)
+    assert_rel_close(out.heatmaps, expected["final_heatmaps"], OFFICIAL_PARITY_REL)
 
 
 class AttentionRecorder:
@@ -90,7 +58,8 @@ def test_patch_scores_are_the_ema_of_keypoint_attention(score_keypoints):
         ema = 0.99 * ema + 0.01 * recorder.maps[layer]
     last_row = 17 if score_keypoints == "released" else 18
     expected = ema.mean(dim=1)[:, 1:last_row, 18:].sum(dim=1)
-    assert_rel_close(out.patch_scores, expected, rel=1e-5)
+    # the same probabilities summed in other orders: 32 (head dim) terms per logit, 16 rows x 12 heads per score
+    assert_rel_close(out.patch_scores, expected, network_rel_tolerance(16 * 12), "patch scores")
 
 
 def test_score_keypoints_changes_the_score():
