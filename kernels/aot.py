@@ -26,6 +26,7 @@ prints the measurements as JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -329,7 +330,7 @@ def attention_kernel_specs(
     """The forward (with and without score) and backward kernels at the launchers' configurations,
     for each key length in `seq_lens` (None: a long sequence) and, for fp32, each dot precision.
 
-    `config_fn(head_dim, torch_dtype, seq_len) -> AttentionConfig` replaces `attention_config` (to
+    `config_fn(head_dim, torch_dtype, seq_len, fp32_precision) -> AttentionConfig` replaces `attention_config` (to
     try others). The forward takes its one-tile path when the keys fit its key tile, as launched.
     """
     import importlib
@@ -339,13 +340,13 @@ def attention_kernel_specs(
     from kernels.fused_attention import attention_config
 
     module = importlib.import_module(_ATTN_MODULE)
-    config_fn = config_fn or (lambda d, dtype, n: attention_config(d, dtype, seq_len=n))
+    config_fn = config_fn or (lambda d, dtype, n, p: attention_config(d, dtype, seq_len=n, fp32_precision=p))
     specs, seen = [], set()
     for cap in capabilities:
         for d in head_dims:
             for dtype in dtypes:
-                for n in seq_lens:
-                    cfg = config_fn(d, getattr(torch, dtype), n)
+                for n, precision in itertools.product(seq_lens, fp32_precisions(dtype, precisions)):
+                    cfg = config_fn(d, getattr(torch, dtype), n, precision)
                     one_tile = n is not None and n <= cfg.fwd.block_n
                     kernels = [
                         ("_attn_fwd", "fwd", cfg.fwd, {"HAS_SCORE": False, "ONE_KEY_TILE": one_tile}),
@@ -357,23 +358,23 @@ def attention_kernel_specs(
                             ("_attn_bwd_dkdv", "bwd dk/dv", cfg.dkdv, {}),
                             ("_attn_bwd_dq", "bwd dq", cfg.dq, {}),
                         ]
-                    for precision in fp32_precisions(dtype, precisions):
-                        for kernel, variant, launch, extra in kernels:
-                            consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m, **extra}
-                            if kernel != "_attn_bwd_preprocess":
-                                consts["BLOCK_N"] = launch.block_n
-                                consts["DOT_PRECISION"] = precision
-                            key = (cap, kernel, dtype, tuple(sorted(consts.items())), launch)
-                            if key in seen:  # another length with the same tiles: one build
-                                continue
-                            seen.add(key)
-                            sig, consts, div = attention_signature(getattr(module, kernel), dtype, consts,
-                                                                   extra.get("HAS_SCORE", False))
-                            specs.append(KernelSpec(
-                                kernel, _ATTN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
-                                {"dtype": dtype, "head_dim": d, "variant": variant, "seq_len": n or "long",
-                                 "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
-                            ))
+                    for kernel, variant, launch, extra in kernels:
+                        consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m, **extra}
+                        if kernel != "_attn_bwd_preprocess":
+                            consts["BLOCK_N"] = launch.block_n
+                            consts["DOT_PRECISION"] = precision
+                        key = (cap, kernel, dtype, tuple(sorted(consts.items())), launch)
+                        if key in seen:  # another length with the same tiles: one build
+                            continue
+                        seen.add(key)
+                        sig, consts, div = attention_signature(getattr(module, kernel), dtype, consts,
+                                                               extra.get("HAS_SCORE", False))
+                        specs.append(KernelSpec(
+                            kernel, _ATTN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
+                            {"dtype": dtype, "head_dim": d, "variant": variant, "seq_len": n or "long",
+                             "one_key_tile": extra.get("ONE_KEY_TILE", False),
+                             "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
+                        ))
     return specs
 
 

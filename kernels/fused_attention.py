@@ -516,7 +516,8 @@ def _fp32_dot_precision() -> str:
 
 
 def attention_config(
-    head_dim: int, dtype: torch.dtype, interpreter: bool = False, seq_len: int | None = None
+    head_dim: int, dtype: torch.dtype, interpreter: bool = False, seq_len: int | None = None,
+    fp32_precision: str | None = None,
 ) -> AttentionConfig:
     """The launch configuration for a head dim, dtype and key length on a CUDA device (or under the
     interpreter); `seq_len=None` means a long sequence. Cached per length bucket (lengths rounded
@@ -524,13 +525,15 @@ def attention_config(
 
     Forward, up to ONE_TILE_MAX_KEYS keys (the coarse stage, N = 66 / 126, and the fine stage of
     SHaRPose-B at 256x192, N = 125): one key tile as wide as the keys rounded up to a power of two,
-    one stage (no loop to pipeline). Longer: 64-key tiles (32 for fp32), 2 stages up to 4
-    iterations, 3 beyond. Either way the query block (64, 32 or 16 rows; at most 32 for fp32 and
+    one stage (no loop to pipeline), where that tile fits the registers (`_ONE_TILE_AREA`; IEEE
+    fp32 only for short sequences). Longer: 64-key tiles with 3 stages (32-key, 1 stage for fp32).
+    Either way the query block (64, 32 or 16 rows; at most 32 for fp32 and
     for a one-tile fp32 forward) is the one that pads the fewest rows, ties going to the larger
     block (fewer programs). The backward's inner loop tiles are narrower than the tile a program
     owns (as in FlashAttention-2's backward). Every configuration compiles for sm_80 and sm_90
     without register spills, with registers for at least 2 CTAs per SM (tests/test_aot.py,
-    bench/kernel_resources.py). fp32's dot precision follows torch.get_float32_matmul_precision().
+    bench/kernel_resources.py). fp32's dot precision follows torch.get_float32_matmul_precision()
+    unless `fp32_precision` says.
 
     With `interpreter=True` (CPU tensors under TRITON_INTERPRET=1) the forward keeps its one-tile
     configurations, so the interpreter runs (and counts) the GPU's work at those lengths, and
@@ -538,7 +541,10 @@ def attention_config(
     """
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
-    precision = _fp32_dot_precision() if dtype == torch.float32 else "ieee"
+    if dtype != torch.float32:
+        precision = "ieee"
+    else:  # "ieee" or "tf32"; None: as torch's matmuls
+        precision = fp32_precision or _fp32_dot_precision()
     bucket = None if seq_len is None else max(1, triton.cdiv(int(seq_len), _LENGTH_GRANULE)) * _LENGTH_GRANULE
     return _attention_config(head_dim, dtype, interpreter, bucket, precision)
 
@@ -569,7 +575,7 @@ def _attention_config(
         else:
             fwd, dkdv, dq = L(16, 16, 8, 1), L(16, 16, 4, 1), L(16, 16, 4, 1)
     if seq_bucket is not None:
-        fwd = _forward_for_length(seq_bucket, block_d, fp32, fwd, keep_long=interpreter)
+        fwd = _forward_for_length(seq_bucket, block_d, fp32, precision, fwd, keep_long=interpreter)
     return AttentionConfig(fwd, dkdv, dq, block_d, dot_precision=precision)
 
 
@@ -577,17 +583,27 @@ def _fewest_padded_rows(length: int, blocks: tuple[int, ...]) -> int:
     return min(blocks, key=lambda m: (triton.cdiv(length, m) * m, -m))
 
 
-def _forward_for_length(length: int, block_d: int, fp32: bool, default: KernelLaunch, keep_long: bool) -> KernelLaunch:
+# Largest head dim x key tile of a one-tile forward that compiles without spills (sm_80, sm_90;
+# kernels.aot): IEEE fp32 dots run on CUDA cores with their operands in registers.
+_ONE_TILE_AREA = {"16-bit": 64 * 128, "tf32": 32 * 128, "ieee": 32 * 32}
+
+
+def _forward_for_length(
+    length: int, block_d: int, fp32: bool, precision: str, default: KernelLaunch, keep_long: bool
+) -> KernelLaunch:
     """The forward's tiles for `length` keys (and as many queries); `default` where no rule applies."""
     rows = (32, 16) if fp32 else (64, 32, 16)
     block_n = max(16, triton.next_power_of_2(length))
-    # one key tile: its K^T, V and logit tiles must fit the registers (checked ahead of time, kernels.aot)
-    if length <= ONE_TILE_MAX_KEYS and block_d * block_n <= (64 * 64 if fp32 else 64 * 128):
+    if length <= ONE_TILE_MAX_KEYS and block_d * block_n <= _ONE_TILE_AREA[precision if fp32 else "16-bit"]:
         return KernelLaunch(_fewest_padded_rows(length, rows), block_n, 4, 1)
     if keep_long or block_d > 64:
         return default
-    block_n = 32 if fp32 else 64
-    stages = 1 if fp32 else 2 if triton.cdiv(length, block_n) <= 4 else 3
+    # 16-bit: 3 stages (with 2, 32 x 64 tiles at d 32 spill on sm_80)
+    block_n, stages = (32, 1) if fp32 else (64, 3)
+    if fp32 and length <= block_n:
+        # the launcher takes the one-tile path here too; with 32 rows its IEEE score variant spills
+        # at d 64, so 16 rows
+        rows = (16,)
     return KernelLaunch(_fewest_padded_rows(length, rows[:2]), block_n, default.num_warps, stages)
 
 

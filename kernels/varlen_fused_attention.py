@@ -477,13 +477,13 @@ def varlen_attention_kernel_specs(
     seq_lens=(None,), precisions=("ieee", "tf32"),
 ) -> list[Any]:
     """`kernels.aot.KernelSpec`s of the forward and the three backward kernels at the launchers'
-    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype, max_seqlen)`), for each
+    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype, max_seqlen, fp32_precision)`), for each
     `max_seqlen` in `seq_lens` (None: long sequences; the backward only there, its tiles do not
     depend on it) and, for fp32, each dot precision. Variants are labelled "varlen fwd",
     "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
     from kernels.aot import KernelSpec, attention_signature, fp32_precisions
 
-    config_fn = config_fn or (lambda d, dtype, n: attention_config(d, dtype, seq_len=n))
+    config_fn = config_fn or (lambda d, dtype, n, p: attention_config(d, dtype, seq_len=n, fp32_precision=p))
     kernels = [
         (_varlen_attn_fwd, "varlen fwd", "fwd"),
         (_varlen_attn_bwd_preprocess, "varlen bwd delta", "delta"),
@@ -497,8 +497,8 @@ def varlen_attention_kernel_specs(
                 dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else dtype_name
                 dtype_name = str(dtype).removeprefix("torch.")
                 for n in seq_lens:
-                    cfg = config_fn(d, dtype, n)
                     for precision in fp32_precisions(dtype_name, precisions):
+                        cfg = config_fn(d, dtype, n, precision)
                         for kernel, variant, which in kernels:
                             if n is not None and which != "fwd":
                                 continue

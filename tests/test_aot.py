@@ -157,41 +157,68 @@ def test_sass_spill_parser():
 # Tiles per sequence length (the one-key-tile forward of the coarse stage) and fp32 on tensor cores
 # ------------------------------------------------------------------------------------------------
 
-COARSE_LENGTHS = (66, 126)
+LENGTHS = (66, 126, 137)  # coarse stage (one key tile), the fine stage's shortest multi-tile length
+FP32_LENGTHS = (17, 66, 126)
 
 
 @pytest.fixture(scope="module")
 def length_resources(request):
-    specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES, seq_lens=COARSE_LENGTHS)
-    specs += attention_kernel_specs(CAPS, (64,), ("float32",), seq_lens=(66, None))
+    specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES, seq_lens=LENGTHS)
+    specs += attention_kernel_specs(CAPS, HEAD_DIMS, ("float32",), seq_lens=(*FP32_LENGTHS, None))
     rows = measure_specs_cached(request.config, specs)
     return {(r["capability"], r["head_dim"], r["dtype"], r["precision"], r["seq_len"], r["variant"]): r
             for r in rows}
 
 
+def _built(resources, cap, head_dim, dtype, precision, n, variant):
+    """The measurement of the configuration launched for n keys (lengths sharing one are built once)."""
+    import torch
+
+    from kernels.fused_attention import attention_config
+
+    cfg = attention_config(head_dim, getattr(torch, dtype), seq_len=n, fp32_precision=precision)
+    launch = {"fwd": cfg.fwd, "fwd+score": cfg.fwd, "bwd dk/dv": cfg.dkdv, "bwd dq": cfg.dq}[variant]
+    one_tile = variant.startswith("fwd") and n is not None and n <= launch.block_n
+    rows = [r for k, r in resources.items() if k[:4] == (cap, head_dim, dtype, precision) and k[5] == variant
+            and (r["block_m"], r["block_n"], r["num_stages"]) == (launch.block_m, launch.block_n,
+                                                                   launch.num_stages)
+            and (not variant.startswith("fwd") or r["one_key_tile"] == one_tile)]
+    assert rows, (cap, head_dim, dtype, precision, n, variant)
+    return rows[0]
+
+
 @pytest.mark.parametrize("variant", ("fwd", "fwd+score"))
-@pytest.mark.parametrize("n", COARSE_LENGTHS)
+@pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("cap", CAPS)
-def test_one_key_tile_forward_compiles_cleanly(length_resources, cap, head_dim, dtype, n, variant):
-    r = length_resources[(cap, head_dim, dtype, "ieee", n, variant)]
+def test_forward_for_length_compiles_cleanly(length_resources, cap, head_dim, dtype, n, variant):
+    r = _built(length_resources, cap, head_dim, dtype, "ieee", n, variant)
     assert_compiles_cleanly(r, cap, uses_dots=True, wgmma=r["block_m"] >= 64)
 
 
-# the backward's tiles do not depend on the length: built for long sequences only
-FP32_CASES = [(66, "fwd"), (66, "fwd+score")] + [("long", v) for v in ("fwd", "fwd+score", "bwd dk/dv", "bwd dq")]
-
-
-@pytest.mark.parametrize("n,variant", FP32_CASES)
+@pytest.mark.parametrize("variant", ("fwd", "fwd+score"))
+@pytest.mark.parametrize("n", FP32_LENGTHS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("cap", CAPS)
-def test_fp32_tf32_on_tensor_cores_ieee_not(length_resources, cap, n, variant):
+def test_fp32_forward_for_length(length_resources, cap, head_dim, n, variant):
+    """fp32 forward tiles per length: TF32 on tensor cores, IEEE without; neither spills."""
+    tf32 = _built(length_resources, cap, head_dim, "float32", "tf32", n, variant)
+    assert_compiles_cleanly(tf32, cap, uses_dots=True, wgmma=False)
+    ieee = _built(length_resources, cap, head_dim, "float32", "ieee", n, variant)
+    assert ieee["tensor_cores"] == "-", ieee
+    assert ieee["spill_stores"] == 0 and ieee["spill_loads"] == 0 and ieee["ctas_per_sm"] >= 2, ieee
+
+
+@pytest.mark.parametrize("variant", ("fwd", "fwd+score", "bwd dk/dv", "bwd dq"))
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("cap", CAPS)
+def test_fp32_tf32_on_tensor_cores_ieee_not(length_resources, cap, head_dim, variant):
     """fp32 dots with input_precision="tf32" compile to tensor-core instructions without spills;
     the IEEE variant (precision "highest", the parity tests') has none, so the switch is real."""
-    key = (cap, 64, "float32")
-    tf32 = length_resources[(*key, "tf32", n, variant)]
+    tf32 = _built(length_resources, cap, head_dim, "float32", "tf32", None, variant)
     assert_compiles_cleanly(tf32, cap, uses_dots=True, wgmma=False)
-    ieee = length_resources[(*key, "ieee", n, variant)]
+    ieee = _built(length_resources, cap, head_dim, "float32", "ieee", None, variant)
     assert ieee["tensor_cores"] == "-", ieee
     assert ieee["spill_stores"] == 0 and ieee["spill_loads"] == 0, f"register spills: {ieee}"
 

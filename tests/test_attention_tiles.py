@@ -40,7 +40,8 @@ def test_varlen_tiles_for_length(device, dtype, max_seqlen):
 
 
 def test_short_sequences_take_one_key_tile():
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    """16-bit types (fp32's one-tile forward is limited by registers: tests/test_aot.py)."""
+    for dtype in (torch.float16, torch.bfloat16):
         for n in range(1, ONE_TILE_MAX_KEYS + 1):
             fwd = cuda_config(32, dtype, n).fwd
             assert fwd.block_n >= n and fwd.block_n == max(16, 1 << (n - 1).bit_length()), (dtype, n, fwd)
