@@ -47,6 +47,8 @@ def _forked(pyfuncitem) -> None:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report and leave without running the parent's teardown
+        # the parent's OpenMP thread pool does not exist here: a parallel region would wait forever
+        torch.set_num_threads(1)
         os.close(read_end)
         try:
             pyfuncitem.obj(**args)
