@@ -1,6 +1,6 @@
-"""Forward tiles chosen per sequence length: interpreter parity of every configuration the GPU
-would launch at the model's lengths (ragged lengths and length 1 included, poisoned buffers, with
-the score), the cached lookup, and fp32's dot precision following PyTorch's matmul setting."""
+"""Forward tiles chosen per sequence length: the rules, the cached lookup, and fp32's dot precision
+following PyTorch's matmul setting. Interpreter parity of every configuration the GPU would launch
+at the model's lengths is tested beside each kernel (test_fused_attention.py, test_varlen_attention.py)."""
 from __future__ import annotations
 
 import pytest
@@ -9,34 +9,9 @@ import torch
 from kernels import reference
 from kernels.fused_attention import ONE_TILE_MAX_KEYS, attention, attention_config
 
-from test_fused_attention import _launcher_roundtrip as fused_roundtrip
-from test_varlen_attention import _launcher_roundtrip as varlen_roundtrip
-
-# Lengths where the choice changes: tiny, the coarse stage (66, 126), the fine stage (125, 137,
-# 224, 287 with the fixed budget) and a long one.
-MODEL_LENGTHS = (1, 17, 66, 126, 137, 287)
-
 
 def cuda_config(d, dtype, n):
     return attention_config(d, dtype, interpreter=False, seq_len=n)
-
-
-@pytest.mark.parametrize("n", MODEL_LENGTHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("d", [32, 64])
-def test_fused_tiles_for_length(device, d, dtype, n):
-    """The configuration for n keys, on n itself and on a ragged shorter length, and on length 1."""
-    cfg = cuda_config(d, dtype, n)
-    for length in sorted({n, max(1, n - 7), 1}):
-        fused_roundtrip(1, 1, length, d, dtype, device, cfg)
-
-
-@pytest.mark.parametrize("max_seqlen", (66, 126, 137, 287))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_varlen_tiles_for_length(device, dtype, max_seqlen):
-    """Packed sequences of ragged lengths (1, empty, the bound itself) with the bound's tiles."""
-    cfg = cuda_config(32, dtype, max_seqlen)
-    varlen_roundtrip([max_seqlen - 3, 1, 0, max_seqlen, 17], 1, 32, dtype, device, cfg, max_seqlen=max_seqlen)
 
 
 def test_short_sequences_take_one_key_tile():
