@@ -93,17 +93,25 @@ class Benchmark:
             self.notes.append("SHaRPose's triton backend is timed on CUDA only: reference backend here")
         return entries
 
-    def build_entry(self, name: str, family: str, size: str, resolution: str, budget: str | None) -> Entry:
-        entry = Entry(name, family, size, resolution, None, token_budget=budget)
+    def new_model(self, entry: Entry) -> tuple[nn.Module | None, dict[str, Any]]:
+        """The entry's named model with this run's overrides, built from the run's seed, and the overrides;
+        None (with `entry.error` set) when the overrides do not fit the model."""
         overrides = dict(self.settings.model_overrides)
-        if budget == "adaptive":
+        if entry.token_budget == "adaptive":
             overrides["token_budget"] = "adaptive"
         torch.manual_seed(self.settings.seed)
         try:
-            model = create_model(name, **overrides).eval()
+            return create_model(entry.name, **overrides), overrides
         except (ValueError, TypeError) as error:
-            entry.error = Unavailable(f"create_model({name!r}, **{overrides}) failed: {first_line(error)}")
+            entry.error = Unavailable(f"create_model({entry.name!r}, **{overrides}) failed: {first_line(error)}")
+            return None, overrides
+
+    def build_entry(self, name: str, family: str, size: str, resolution: str, budget: str | None) -> Entry:
+        entry = Entry(name, family, size, resolution, None, token_budget=budget)
+        model, overrides = self.new_model(entry)
+        if model is None:
             return entry
+        model.eval()
         if budget != "adaptive":  # an adaptive budget's cost depends on the image; fvcore sees one
             entry.gflops = self.flops.gflops(name, overrides, model, refine=True)
             if family == "sharpose":

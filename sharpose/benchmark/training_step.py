@@ -27,11 +27,10 @@ import torch.nn as nn
 from sharpose.benchmark.calibration import exit_fraction, sharpose_tokens_per_image
 from sharpose.benchmark.core import Benchmark, Entry, compare_with_vitpose, release_cuda_memory, sort_records
 from sharpose.benchmark.environment import environment_info
-from sharpose.benchmark.records import BenchmarkResult, BenchmarkSettings, Record, Unavailable, failed, first_line
+from sharpose.benchmark.records import BenchmarkResult, BenchmarkSettings, Record, Unavailable, failed
 from sharpose.benchmark.runners import Runner, peak_memory_mib
 from sharpose.engine.config import TrainConfig
 from sharpose.data.targets import udp_heatmap_targets
-from sharpose.models.factory import create_model
 from sharpose.training.loop import train_step
 from sharpose.training.optim import build_optimizer
 
@@ -114,14 +113,8 @@ class TrainingBenchmark(Benchmark):
 
     def build_entry(self, name: str, family: str, size: str, resolution: str, budget: str | None) -> Entry:
         entry = Entry(name, family, size, resolution, None, token_budget=budget)
-        overrides = dict(self.settings.model_overrides)
-        if budget == "adaptive":
-            overrides["token_budget"] = "adaptive"
-        torch.manual_seed(self.settings.seed)
-        try:
-            model = create_model(name, **overrides)
-        except (ValueError, TypeError) as error:
-            entry.error = Unavailable(f"create_model({name!r}, **{overrides}) failed: {first_line(error)}")
+        model, _ = self.new_model(entry)
+        if model is None:
             return entry
         if family == "vitpose":
             entry.tokens_per_image = float(model.grid[0] * model.grid[1])
