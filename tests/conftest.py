@@ -18,7 +18,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from helpers import DATA_DIR  # noqa: F401  (re-exported for the test modules that import it from here)
 
 if not torch.cuda.is_available():
     assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"

@@ -213,3 +213,15 @@ def call(fn, args, requires_grad=False):
 
 def grads_of(leaves):
     return {n: leaves[n].grad for n in TOKEN_INPUTS}
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """`sharpose ARGV` in this process: (exit code, stdout, stderr)."""
+    from sharpose import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR, run_cli
 from sharpose import cli, create_model, save_checkpoint
 from sharpose.data import warp_points
 from sharpose.demo import PersonPrediction, crop_box
@@ -46,14 +46,6 @@ def bbox_args(boxes: list[list[float]]) -> list[str]:
     return [arg for box in boxes for arg in ("--bbox", ",".join(map(str, box)))]
 
 
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    """`sharpose ARGV` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -86,7 +78,7 @@ def joints_drawn(picture: np.ndarray, points: np.ndarray) -> bool:
 def test_demo_named_model_writes_pictures_and_json(tmp_path, capsys):
     boxes = gt_boxes(2)
     out = tmp_path / "pose.png"
-    code, stdout, stderr = run(capsys, "demo", IMAGE, *bbox_args(boxes), "--model", "sharpose_small_256x192",
+    code, stdout, stderr = run_cli(capsys, "demo", IMAGE, *bbox_args(boxes), "--model", "sharpose_small_256x192",
                                "--out", out, "--kpt-thr", 0)
     assert code == 0, stderr
 
@@ -127,7 +119,7 @@ def test_demo_named_model_writes_pictures_and_json(tmp_path, capsys):
 
 def test_demo_vitpose_draws_only_the_skeleton_panel(tmp_path, capsys):
     out = tmp_path / "vit.png"
-    code, _, stderr = run(capsys, "demo", IMAGE, *bbox_args(gt_boxes(1)), "--model", "vitpose_small_256x192",
+    code, _, stderr = run_cli(capsys, "demo", IMAGE, *bbox_args(gt_boxes(1)), "--model", "vitpose_small_256x192",
                           *TINY_ARGS, "--out", out, "--json", tmp_path / "other.json")
     assert code == 0, stderr
     assert read_png(tmp_path / "vit_person0.png").shape[:2] == PersonLayout((256, 192), 1).size
@@ -136,7 +128,7 @@ def test_demo_vitpose_draws_only_the_skeleton_panel(tmp_path, capsys):
 
 
 def test_demo_whole_image_without_boxes(tmp_path, capsys):
-    code, stdout, stderr = run(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", *TINY_ARGS,
+    code, stdout, stderr = run_cli(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", *TINY_ARGS,
                                "--out", tmp_path / "whole.png", "--qp-threshold=-inf")
     assert code == 0, stderr
     (result,) = json.loads(stdout)
@@ -149,7 +141,7 @@ def test_demo_whole_image_without_boxes(tmp_path, capsys):
 def test_demo_detection_file_boxes_of_this_image(tmp_path, capsys):
     detections = json.loads(DET_FILE.read_text())
     expected = sum(d["image_id"] == IMAGE_ID and d["score"] >= 0.9 for d in detections)
-    code, stdout, stderr = run(capsys, "demo", IMAGE, "--det-file", DET_FILE, "--det-score-thr", 0.9,
+    code, stdout, stderr = run_cli(capsys, "demo", IMAGE, "--det-file", DET_FILE, "--det-score-thr", 0.9,
                                "--model", "sharpose_small_256x192", *TINY_ARGS, "--out", tmp_path / "det.png")
     assert code == 0, stderr
     results = json.loads(stdout)
@@ -203,7 +195,7 @@ def test_export_round_trip(tmp_path, capsys, name, fmt):
     model = create_model(name, **TINY)
     save_checkpoint(model, tmp_path / "tiny.pth")
     out = tmp_path / "exported"
-    code, stdout, stderr = run(capsys, "export", "--model", name, *TINY_ARGS, "--checkpoint", tmp_path / "tiny.pth",
+    code, stdout, stderr = run_cli(capsys, "export", "--model", name, *TINY_ARGS, "--checkpoint", tmp_path / "tiny.pth",
                                "--format", fmt, "--out", out, "--batch-size", 2)
     assert code == 0, stderr
     assert "max |exported - eager|" in stdout
@@ -220,7 +212,7 @@ def test_export_round_trip(tmp_path, capsys, name, fmt):
 
 
 def test_export_fails_when_outputs_differ_beyond_tolerance(tmp_path, capsys):
-    code, _, stderr = run(capsys, "export", "--model", "vitpose_small_256x192", *TINY_ARGS,
+    code, _, stderr = run_cli(capsys, "export", "--model", "vitpose_small_256x192", *TINY_ARGS,
                           "--format", "torchscript", "--out", tmp_path / "m.pt", "--atol", -1)
     assert code == 1
     assert "differs from the eager model" in stderr.splitlines()[-1]
@@ -276,7 +268,7 @@ ERROR_CASES = {
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_errors_are_one_line(tmp_path, capsys, case):
     make_argv, expected = ERROR_CASES[case]
-    code, _, stderr = run(capsys, *make_argv(tmp_path))
+    code, _, stderr = run_cli(capsys, *make_argv(tmp_path))
     assert code != 0
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -286,14 +278,14 @@ def test_errors_are_one_line(tmp_path, capsys, case):
 
 def test_wrong_checkpoint_names_the_model_it_came_from(tmp_path, capsys):
     argv = ERROR_CASES["wrong checkpoint"][0](tmp_path)
-    _, _, stderr = run(capsys, *argv)
+    _, _, stderr = run_cli(capsys, *argv)
     assert "does not fit sharpose_small_256x192: " in stderr
     assert "pass --model sharpose_small_256x192 --set depth=2 --set embed_dim=32 --set num_heads=2" in stderr
 
 
 @pytest.mark.parametrize("case", ["unreadable image", "wrong checkpoint", "unwritable output"])
 def test_debug_shows_the_traceback(tmp_path, capsys, case):
-    code, _, stderr = run(capsys, *ERROR_CASES[case][0](tmp_path), "--debug")
+    code, _, stderr = run_cli(capsys, *ERROR_CASES[case][0](tmp_path), "--debug")
     assert code == 1
     assert "Traceback (most recent call last)" in stderr
     assert stderr.strip().splitlines()[-1].startswith("sharpose: error: ")
@@ -308,7 +300,7 @@ def test_error_in_a_real_process(tmp_path):
 
 def test_forwarded_command_missing_is_one_line(capsys, monkeypatch):
     monkeypatch.setitem(cli.FORWARDED, "bench", ("sharpose.no_such_module", "benchmarks"))
-    code, _, stderr = run(capsys, "bench", "--size", "base")
+    code, _, stderr = run_cli(capsys, "bench", "--size", "base")
     assert code == 1
     assert stderr.strip() == ("sharpose: error: 'sharpose bench' is not available in this version: "
                               "sharpose.no_such_module has no main(argv)")
@@ -327,12 +319,12 @@ def test_help_in_a_real_process():
 
 @pytest.mark.parametrize("command", ["demo", "export", "flops", "train", "eval", "bench"])
 def test_subcommand_help(capsys, command):
-    code, stdout, _ = run(capsys, command, "--help")
+    code, stdout, _ = run_cli(capsys, command, "--help")
     assert code == 0
     assert "usage:" in stdout
 
 
 def test_flops_table_of_one_model(capsys):
-    code, stdout, _ = run(capsys, "flops", "--model", "vitpose_small_256x192")
+    code, stdout, _ = run_cli(capsys, "flops", "--model", "vitpose_small_256x192")
     assert code == 0
     assert "| vitpose_small_256x192 | classic | 24.29M |" in stdout

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from sharpose.data import Augmentation, CocoTopDownDataset, DataError, MpiiTopDownDataset
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 COCO_MINI = DATA_DIR / "coco-mini"
 ANN = json.loads((COCO_MINI / "annotations" / "test_coco.json").read_text())

@@ -18,7 +18,7 @@ from sharpose.evaluation.inference import predict
 from sharpose.evaluation.runner import evaluate_model
 from sharpose.models import PoseModel, PoseOutput
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 COCO_MINI = DATA_DIR / "coco-mini"
 MPII_MINI = DATA_DIR / "mpii-mini"

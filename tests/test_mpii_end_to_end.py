@@ -19,7 +19,7 @@ from sharpose.evaluation.runner import evaluate
 from sharpose.training import pose_loss, train
 from sharpose.training.jsonlog import read_log
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR
 
 MPII_MINI = DATA_DIR / "mpii-mini"
 PCKH_KEYS = {"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "PCKh", "PCKh@0.1"}

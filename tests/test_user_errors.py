@@ -7,11 +7,10 @@ import os
 import stat
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
-from sharpose import cli, create_model, save_checkpoint
+from sharpose import create_model, save_checkpoint
 from sharpose.engine.builders import build_val_dataset
 from sharpose.engine.config import ConfigError, load_config
 from sharpose.data import DataError, read_image
@@ -19,20 +18,13 @@ from sharpose.train import main as train_main
 from sharpose.training import train
 from sharpose.training.jsonlog import read_log
 
-from conftest import DATA_DIR
+from helpers import DATA_DIR, run_cli
 
 COCO_MINI = DATA_DIR / "coco-mini"
 IMAGE = COCO_MINI / "images/000000196141.jpg"  # 640 x 480
 SMALL = ["--model", "sharpose_small_256x192", "--set", "depth=1", "--set", "embed_dim=32", "--set", "num_heads=2"]
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line(code: int, stderr: str, *expected: str) -> None:
@@ -49,14 +41,14 @@ def assert_one_line(code: int, stderr: str, *expected: str) -> None:
 def test_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     for name, content in [("text.pth", b"hello, this is not a checkpoint"), ("json.pth", b'{"a": 1}')]:
         (tmp_path / name).write_bytes(content)
-        code, _, err = run(capsys, "demo", IMAGE, *SMALL, "--checkpoint", tmp_path / name, "--out", tmp_path / "o.png")
+        code, _, err = run_cli(capsys, "demo", IMAGE, *SMALL, "--checkpoint", tmp_path / name, "--out", tmp_path / "o.png")
         assert_one_line(code, err, f"cannot read checkpoint {tmp_path / name}")
         assert "weights_only" not in err  # PyTorch's advice to run the file's code is never passed on
 
 
 def test_a_checkpoint_of_another_named_model_names_it(tmp_path, capsys):
     torch.save({"state_dict": create_model("vitpose_small_256x192").state_dict()}, tmp_path / "vitpose.pth")
-    code, _, err = run(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", "--checkpoint",
+    code, _, err = run_cli(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", "--checkpoint",
                        tmp_path / "vitpose.pth", "--out", tmp_path / "o.png")
     assert_one_line(code, err, "does not fit sharpose_small_256x192: ",
                     "it fits vitpose_small_256x192: pass --model vitpose_small_256x192")
@@ -69,7 +61,7 @@ def test_a_checkpoint_of_another_named_model_names_it(tmp_path, capsys):
     ("qp_threshold=nan", "qp_threshold='nan' is not valid: expected a number"),
 ])
 def test_set_with_a_bad_value_names_the_setting(tmp_path, capsys, setting, expected):
-    code, _, err = run(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", "--set", setting,
+    code, _, err = run_cli(capsys, "demo", IMAGE, "--model", "sharpose_small_256x192", "--set", setting,
                        "--out", tmp_path / "o.png")
     assert_one_line(code, err, "--set: ", expected)
 
@@ -82,18 +74,18 @@ def test_set_with_a_bad_value_names_the_setting(tmp_path, capsys, setting, expec
      "--batch-size: expected a whole number >= 1, got '0'"),
 ])
 def test_bad_numbers_on_the_command_line(capsys, argv, expected):
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2
     assert_one_line(code, err, expected)
 
 
 def test_a_box_entirely_outside_the_image(tmp_path, capsys):
-    code, _, err = run(capsys, "demo", IMAGE, *SMALL, "--bbox", "700,10,50,80", "--out", tmp_path / "o.png")
+    code, _, err = run_cli(capsys, "demo", IMAGE, *SMALL, "--bbox", "700,10,50,80", "--out", tmp_path / "o.png")
     assert_one_line(code, err, "--bbox 700,10,50,80 lies entirely outside", "(640x429 pixels)")
 
 
 def test_a_very_large_box_is_drawn(tmp_path, capsys):
-    code, _, err = run(capsys, "demo", IMAGE, *SMALL, "--bbox", "10,10,1e12,1e12", "--out", tmp_path / "o.png")
+    code, _, err = run_cli(capsys, "demo", IMAGE, *SMALL, "--bbox", "10,10,1e12,1e12", "--out", tmp_path / "o.png")
     assert code == 0, err
     assert cv2.imread(str(tmp_path / "o.png")).shape == (429, 640, 3)
 
@@ -101,7 +93,7 @@ def test_a_very_large_box_is_drawn(tmp_path, capsys):
 def test_nan_detection_score_is_an_error_as_in_evaluation(tmp_path, capsys):
     detections = tmp_path / "det.json"
     detections.write_text('[{"image_id": 196141, "category_id": 1, "bbox": [250, 75, 170, 300], "score": NaN}]')
-    code, _, err = run(capsys, "demo", IMAGE, *SMALL, "--det-file", detections, "--out", tmp_path / "o.png")
+    code, _, err = run_cli(capsys, "demo", IMAGE, *SMALL, "--det-file", detections, "--out", tmp_path / "o.png")
     assert_one_line(code, err, f"detection 0 of {detections} has score nan: expected a finite number")
 
 
@@ -115,7 +107,7 @@ def test_a_truncated_jpeg_is_not_decoded_as_grey(tmp_path):
 
 def test_a_failed_demo_leaves_no_empty_folders(tmp_path, capsys):
     (tmp_path / "bad.pth").write_bytes(b"garbage")
-    code, _, _ = run(capsys, "demo", IMAGE, *SMALL, "--checkpoint", tmp_path / "bad.pth",
+    code, _, _ = run_cli(capsys, "demo", IMAGE, *SMALL, "--checkpoint", tmp_path / "bad.pth",
                      "--out", tmp_path / "new" / "deeper" / "o.png")
     assert code == 1
     assert not (tmp_path / "new").exists()
@@ -125,8 +117,8 @@ def test_a_rerun_with_fewer_people_leaves_no_stale_pictures(tmp_path, capsys):
     out = tmp_path / "o.png"
     (tmp_path / "o_person_notes.png").write_bytes(b"a user's file that only looks similar")
     boxes = ["--bbox", "250,75,170,300", "--bbox", "10,10,100,200", "--bbox", "300,200,100,100"]
-    assert run(capsys, "demo", IMAGE, *SMALL, *boxes, "--out", out)[0] == 0
-    assert run(capsys, "demo", IMAGE, *SMALL, *boxes[:2], "--out", out)[0] == 0
+    assert run_cli(capsys, "demo", IMAGE, *SMALL, *boxes, "--out", out)[0] == 0
+    assert run_cli(capsys, "demo", IMAGE, *SMALL, *boxes[:2], "--out", out)[0] == 0
     assert sorted(p.name for p in tmp_path.glob("o_person*")) == ["o_person0.png", "o_person_notes.png"]
 
 
