@@ -527,7 +527,7 @@ def attention_config(
     SHaRPose-B at 256x192, N = 125): one key tile as wide as the keys rounded up to a power of two,
     one stage (no loop to pipeline), where that tile fits the registers (`_ONE_TILE_AREA`; IEEE
     fp32 only for short sequences). Longer: 64-key tiles with 3 stages (32-key, 1 stage for fp32),
-    2 warps for query blocks of at most 32 rows.
+    2 warps for query blocks of at most 32 rows with tensor-core dots.
     Either way the query block (64, 32 or 16 rows; at most 32 for fp32 and
     for a one-tile fp32 forward) is the one that pads the fewest rows, ties going to the larger
     block (fewer programs). The backward's inner loop tiles are narrower than the tile a program
@@ -606,9 +606,11 @@ def _forward_for_length(
         # at d 64, so 16 rows
         rows = (16,)
     block_m = _fewest_padded_rows(length, rows[:2])
-    # 16- or 32-row blocks over 4 warps leave each warp a sliver of rows, and triton 3.8 spills the
-    # score variant on sm_90 there (8 bytes); 2 warps hold them without spills (triton 3.8 and 3.9)
-    return KernelLaunch(block_m, block_n, 2 if block_m <= 32 else default.num_warps, stages)
+    # Tensor-core dots on 16- or 32-row blocks: 4 warps leave each a sliver of rows, and triton 3.8
+    # spills the score variant on sm_90 there (8 bytes); 2 warps hold them without spills (triton 3.8
+    # and 3.9). IEEE fp32 dots need the registers of 4 warps.
+    tensor_cores = not fp32 or precision != "ieee"
+    return KernelLaunch(block_m, block_n, 2 if tensor_cores and block_m <= 32 else default.num_warps, stages)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
