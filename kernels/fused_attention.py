@@ -546,7 +546,7 @@ def attention_config(
         precision = "ieee"
     else:  # "ieee" or "tf32"; None: as torch's matmuls
         precision = fp32_precision or _fp32_dot_precision()
-    bucket = None if seq_len is None else max(1, triton.cdiv(int(seq_len), _LENGTH_GRANULE)) * _LENGTH_GRANULE
+    bucket = None if seq_len is None else max(1, cdiv(int(seq_len), _LENGTH_GRANULE)) * _LENGTH_GRANULE
     return _attention_config(head_dim, dtype, interpreter, bucket, precision)
 
 
@@ -581,7 +581,7 @@ def _attention_config(
 
 
 def _fewest_padded_rows(length: int, blocks: tuple[int, ...]) -> int:
-    return min(blocks, key=lambda m: (triton.cdiv(length, m) * m, -m))
+    return min(blocks, key=lambda m: (cdiv(length, m) * m, -m))
 
 
 # Largest head dim x key tile of a one-tile forward that compiles without spills (sm_80, sm_90;
@@ -753,7 +753,7 @@ def attention_forward(
     if has_score:
         # A reduction over a fixed shape runs in one fixed order on a given device, so identical
         # inputs give bitwise-identical scores (relaxed atomics would add in arrival order).
-        score.add_(partial.flatten(1, 2).sum(dim=1), alpha=float(score_weight) / H)
+        score.add_(partial.sum(dim=(1, 2)), alpha=float(score_weight) / H)
     return out, lse
 
 
