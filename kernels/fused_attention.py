@@ -61,7 +61,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.device import KERNEL_DTYPES, cdiv, check_kernel_device, device_guard
-from kernels.library import define_op, dispatch_needed
+from kernels.library import KernelOp, dispatch_needed, tracing
 from kernels.reference import _check_score_args
 
 __all__ = [
@@ -855,7 +855,7 @@ def _attention_backward_fake(dout, q, k, v, out, lse, scale):
     return _token_major(B, H, Nq, d, q), _token_major(B, H, Nk, d, k), _token_major(B, H, Nk, d, v)
 
 
-_attention_backward_op = define_op("attention_backward", _attention_backward_impl, _attention_backward_fake)
+_attention_backward_op = KernelOp("attention_backward", _attention_backward_impl, _attention_backward_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -873,9 +873,9 @@ def _backward(ctx, dout, *_):
     return dq, dk, dv, *(None,) * (ctx.num_inputs - 3)
 
 
-_attention_op = define_op("attention", _attention_impl, _attention_fake,
+_attention_op = KernelOp("attention", _attention_impl, _attention_fake,
                           backward=_backward, setup_context=_setup_context)
-_attention_score_op = define_op("attention_score", _attention_score_impl, _attention_score_fake,
+_attention_score_op = KernelOp("attention_score", _attention_score_impl, _attention_score_fake,
                                 backward=_backward, setup_context=_setup_context)
 
 
@@ -902,16 +902,17 @@ def attention(
     (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) tensor laid out as a
     contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
     """
-    if dispatch_needed(q, k, v):  # autograd or a trace records the call: the registered op
-        rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
-        check_kernel_device(q.device, "attention", q.dtype)
-        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        if score is None:
-            return _attention_op(q, k, v, scale)[0]
-        out, _, updated = _attention_score_op(q, k, v, scale, score, *rows, *cols, float(score_weight))
-        score.copy_(updated)
-        return out
-    rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
+    recorded = dispatch_needed(q, k, v)  # autograd or a trace records the call (kernels.library.KernelOp)
+    if recorded and tracing():  # symbolic shapes, which the per-signature memo cannot hold
+        (rows, cols), config = _check_args(q, k, v, score, score_rows, score_cols), None
+    else:
+        rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
     check_kernel_device(q.device, "attention", q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]
+    if not recorded:
+        return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]
+    if score is None:
+        return _attention_op(q, k, v, scale)[0]
+    out, _, updated = _attention_score_op(q, k, v, scale, score, *rows, *cols, float(score_weight))
+    score.copy_(updated)
+    return out

@@ -7,8 +7,10 @@ would let inductor see the kernels) is not used: its fake tracing launches the k
 tensors when the kernels are interpreted (TRITON_INTERPRET=1), which the CPU test suite needs.
 
 Going through the dispatcher costs tens of microseconds of Python per call, about as long as a
-small attention kernel runs on a GPU. So the public functions launch directly when nothing needs
-to see the call (`dispatch_needed`), and use the registered op otherwise.
+small attention kernel runs on a GPU, and several times that with an autograd formula. So a
+`KernelOp` takes the registered op only when a trace records the call (`tracing`); in eager mode
+it runs the same forward, context and backward functions as a `torch.autograd.Function` when an
+input needs a gradient, and the plain implementation otherwise.
 """
 from __future__ import annotations
 
@@ -41,24 +43,57 @@ def dispatch_needed(*tensors: torch.Tensor) -> bool:
     return tracing()
 
 
-def define_op(
-    name: str,
-    impl: Callable,
-    fake: Callable,
-    *,
-    backward: Callable | None = None,
-    setup_context: Callable | None = None,
-) -> torch._ops.OpOverload:
-    """Register `impl` as the functional op `sharpose::<name>` with its fake implementation and, when
-    given, its autograd formula; return the op.
+class KernelOp:
+    """One Triton op: registered as `sharpose::<name>` (with its fake implementation and, when
+    given, its autograd formula) and callable as `op(*args)`, which picks the cheapest path that
+    records what must be recorded (see the module docstring). `op.registered` is the OpOverload.
 
     An op is registered once per process: when its module is imported again (importlib.reload), the
     first registration stays, and its functions (those of the first import) keep working.
     """
-    namespace = getattr(torch.ops, NAMESPACE)
-    if not hasattr(namespace, name):
-        op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
-        op.register_fake(fake)
-        if backward is not None:
-            op.register_autograd(backward, setup_context=setup_context)
-    return getattr(namespace, name).default
+
+    def __init__(
+        self,
+        name: str,
+        impl: Callable,
+        fake: Callable,
+        *,
+        backward: Callable | None = None,
+        setup_context: Callable | None = None,
+    ) -> None:
+        namespace = getattr(torch.ops, NAMESPACE)
+        if not hasattr(namespace, name):
+            op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=())
+            op.register_fake(fake)
+            if backward is not None:
+                op.register_autograd(backward, setup_context=setup_context)
+        self.registered: torch._ops.OpOverload = getattr(namespace, name).default
+        self.impl = impl
+        self.function = None if backward is None else _autograd_function(name, impl, backward, setup_context)
+
+    def __call__(self, *args):
+        if tracing():
+            return self.registered(*args)
+        if self.function is not None and torch.is_grad_enabled():
+            for arg in args:
+                if isinstance(arg, torch.Tensor) and arg.requires_grad:
+                    return self.function.apply(*args)
+        return self.impl(*args)
+
+
+def _autograd_function(name: str, impl: Callable, backward: Callable, setup_context: Callable) -> type:
+    """A `torch.autograd.Function` over the functions registered as the op's autograd formula.
+
+    Its forward takes `ctx` and calls `setup_context` itself: with a separate `setup_context`
+    staticmethod, `Function.apply` binds the arguments through `inspect.signature` on every call,
+    which would cost more than the rest of the call."""
+
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    return type(f"{name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward),
+    })

@@ -60,7 +60,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.device import cdiv, check_kernel_device, device_guard, interpreter_enabled
-from kernels.library import define_op, dispatch_needed, tracing
+from kernels.library import KernelOp, dispatch_needed, tracing
 from kernels.reference import _check_compose_args, _check_compose_values, _padded_args
 
 __all__ = [
@@ -478,7 +478,7 @@ def _compose_backward_fake(grad_out, order, cu_seqlens, coarse_grid, max_seqlen,
     return [grad_out.new_empty(shape) for shape, need in zip(shapes, needs_grad) if need]
 
 
-_compose_backward_op = define_op("compose_tokens_backward", _compose_backward_impl, _compose_backward_fake)
+_compose_backward_op = KernelOp("compose_tokens_backward", _compose_backward_impl, _compose_backward_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -500,7 +500,7 @@ def _backward(ctx, grad_out):
     return tuple(grads)
 
 
-_compose_op = define_op("compose_tokens", _compose_impl, _compose_fake, backward=_backward,
+_compose_op = KernelOp("compose_tokens", _compose_impl, _compose_fake, backward=_backward,
                         setup_context=_setup_context)
 
 

@@ -60,7 +60,7 @@ from kernels.fused_attention import (
     attn_bwd_dq_tile,
     attn_fwd_tile,
 )
-from kernels.library import define_op, dispatch_needed, tracing
+from kernels.library import KernelOp, dispatch_needed, tracing
 
 __all__ = [
     "varlen_attention",
@@ -414,7 +414,7 @@ def _varlen_backward_fake(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-_varlen_backward_op = define_op("varlen_attention_backward", _varlen_backward_impl, _varlen_backward_fake)
+_varlen_backward_op = KernelOp("varlen_attention_backward", _varlen_backward_impl, _varlen_backward_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -432,7 +432,7 @@ def _backward(ctx, dout, _):
     return dq, dk, dv, None, None, None
 
 
-_varlen_op = define_op("varlen_attention", _varlen_impl, _varlen_fake, backward=_backward, setup_context=_setup_context)
+_varlen_op = KernelOp("varlen_attention", _varlen_impl, _varlen_fake, backward=_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------
