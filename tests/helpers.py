@@ -19,6 +19,7 @@ the cases where PyTorch happens to be exact (length-1 softmax, a copy).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -118,7 +119,8 @@ def assert_as_accurate_as_torch(
 def measure_specs_cached(config, specs) -> list[dict]:
     """`kernels.aot.measure_specs(specs)` (a minute of ptxas on CPU), kept in pytest's cache under a
     key of the specs, the kernels' sources and the triton version: a rerun with the same kernels
-    reads the rows back."""
+    reads the rows back. Test workers (pytest-xdist) measure one after another under a file lock, so
+    that a set of specs is compiled once per run, not once per worker."""
     from dataclasses import asdict
     from importlib.metadata import version
 
@@ -130,10 +132,13 @@ def measure_specs_cached(config, specs) -> list[dict]:
         digest.update(source.read_bytes())
     key = f"sharpose/aot/{digest.hexdigest()[:24]}"
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
-    rows = cache.get(key, None) if cache is not None else None
-    if rows is None:
-        rows = measure_specs(specs)
-        if cache is not None:
+    if cache is None:
+        return measure_specs(specs)
+    with open(cache.mkdir("sharpose-aot") / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        rows = cache.get(key, None)
+        if rows is None:
+            rows = measure_specs(specs)
             cache.set(key, rows)
     return rows
 
