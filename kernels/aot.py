@@ -356,14 +356,15 @@ def fp32_precisions(dtype: str, precisions=("ieee", "tf32")) -> tuple[str, ...]:
 
 _ATTN_MODULE = "kernels.fused_attention"
 _VARLEN_MODULE = "kernels.varlen_fused_attention"
-_COMPOSITION_MODULE = "kernels.token_composition"
 # float32 buffers (log-sum-exp, delta, score partials) and int32 sequence offsets
 _ATTN_POINTER_TYPES = {"lse_ptr": "fp32", "delta_ptr": "fp32", "score_ptr": "fp32", "cu_seqlens_ptr": "i32"}
 
 
 def _attention_signature(fn, dtype: str, constexprs: dict[str, Any], has_score: bool = False):
+    """`kernel_signature` of an attention kernel on `dtype` ("float16") tensors. Without the score
+    the launcher passes the log-sum-exp buffer as `score_ptr`, with strides 0 (not the constant 1)."""
     unit_strides, plain_ints = _UNIT_STRIDES, _PLAIN_INTS
-    if "score_ptr" in fn.arg_names and not has_score:  # score_ptr then aliases lse_ptr; its strides are 0
+    if "score_ptr" in fn.arg_names and not has_score:
         unit_strides, plain_ints = unit_strides - {"stride_score_c"}, plain_ints | {"stride_score_c"}
     return kernel_signature(fn, triton_type(dtype), constexprs, pointer_types=_ATTN_POINTER_TYPES,
                             unit_strides=unit_strides, plain_ints=plain_ints)
@@ -478,6 +479,8 @@ def varlen_attention_kernel_specs(
 # ----------------------------------------------------------------------------------------------
 # The token-composition kernels as their launchers call them
 # ----------------------------------------------------------------------------------------------
+
+_COMPOSITION_MODULE = "kernels.token_composition"
 
 
 def composition_kernel_specs(
