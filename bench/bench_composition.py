@@ -220,8 +220,7 @@ def bench_cpu(batch: int, reps: int) -> None:
 
 
 def report_resources(dims, dtypes) -> None:
-    from kernels.aot import measure_specs, tools_available
-    from kernels.token_composition import composition_kernel_specs
+    from kernels.aot import composition_kernel_specs, measure_specs, tools_available
 
     ok, why = tools_available()
     if not ok:

@@ -20,7 +20,13 @@ import argparse
 import sys
 import time
 
-from kernels.aot import attention_kernel_specs, format_table, measure_specs, tools_available
+from kernels.aot import (
+    attention_kernel_specs,
+    format_table,
+    measure_specs,
+    tools_available,
+    varlen_attention_kernel_specs,
+)
 
 
 def main() -> None:
@@ -44,8 +50,6 @@ def main() -> None:
     if "attention" in args.kernels:
         specs += attention_kernel_specs(*shape, seq_lens=seq_lens)
     if "varlen" in args.kernels:
-        from kernels.varlen_fused_attention import varlen_attention_kernel_specs
-
         specs += varlen_attention_kernel_specs(*shape, seq_lens=seq_lens)
     rows = measure_specs(specs, args.jobs)
     print(format_table(rows))

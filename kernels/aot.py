@@ -14,11 +14,14 @@ can be read without a device:
 Under `TRITON_INTERPRET=1`, `@triton.jit` functions are interpreter objects that cannot be
 compiled, so `measure_specs` runs the compilation in a subprocess with the interpreter off.
 
-`attention_kernel_specs` lists the fused-attention kernels exactly as the launchers in
-`kernels.fused_attention` call them (block sizes, warps, stages from `attention_config` for each
-sequence length asked for; IEEE and TF32 dots for fp32), with the argument specialisations the
-model's strided qkv views produce at run time (`attention_signature`, shared with the varlen
-kernels' specs). `ctas_per_sm` turns registers and shared memory into resident CTAs per SM.
+`attention_kernel_specs`, `varlen_attention_kernel_specs` and `composition_kernel_specs` list
+the kernels of kernels/fused_attention.py, kernels/varlen_fused_attention.py and
+kernels/token_composition.py exactly as their launchers call them (block sizes, warps, stages from
+`attention_config` for each sequence length asked for, IEEE and TF32 dots for fp32; from
+`composition_config` for each embedding dim), with the argument specialisations the model's
+tensors produce at run time. One builder, `kernel_signature`, types every kernel's arguments from
+their names (pointers end in `_ptr`); the kernel modules do not import this one.
+`ctas_per_sm` turns registers and shared memory into resident CTAs per SM.
 
 Command line: `python -m kernels.aot [--caps 80 90] [--head-dims 32 64] [--dtypes float16 bfloat16]`
 prints the measurements as JSON.
@@ -41,7 +44,7 @@ from typing import Any
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
-_TORCH_TO_TRITON = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+_TORCH_TO_TRITON = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64"}
 
 
 @dataclass
@@ -261,66 +264,110 @@ def measure_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
 
 
 # ----------------------------------------------------------------------------------------------
-# The attention kernels (batched and varlen) as their launchers call them
+# Argument types: one rule set for every kernel
 # ----------------------------------------------------------------------------------------------
 
-_ATTN_MODULE = "kernels.fused_attention"
-# Launcher arguments that are floats, and run-time ints the model never makes multiples of 16
-# (lengths, score bounds, and the strides of the float32 buffers sized by them).
-_FLOAT_ARGS = {"qk_scale", "sm_scale"}
-_PLAIN_INTS = {
-    "seq_len_q", "seq_len_k", "score_row_start", "score_row_end", "score_col_start", "score_col_end",
+# Pointers end in `_ptr`. Scalars that are floats:
+_FLOAT_ARGS = frozenset({"qk_scale", "sm_scale"})
+# Strides equal to 1 at run time (the contiguous head dim of q, k, v, out and their gradients; the
+# contiguous score row): triton turns them into the constant 1, so the AOT build does the same.
+_UNIT_STRIDES = frozenset({
+    "stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_dod", "stride_dqd", "stride_dkd", "stride_dvd",
+    "stride_score_c",
+})
+# Run-time ints the model does not make multiples of 16: lengths, counts, score bounds, and the
+# strides of buffers sized by them (float32 log-sum-exp, delta and score partials; the (R, N_c)
+# patch order, N_c = 108 at 384 x 288).
+_PLAIN_INTS = frozenset({
+    "seq_len_q", "seq_len_k", "num_tokens", "num_keypoints", "num_patches", "num_samples",
+    "score_row_start", "score_row_end", "score_col_start", "score_col_end",
     "stride_lse_b", "stride_lse_h", "stride_delta_b", "stride_delta_h",
-    "stride_score_b", "stride_score_h", "stride_score_blk", "num_tokens",
-}
-# Strides equal to 1 at run time (contiguous head dim, contiguous score row): triton turns them
-# into constants, so the AOT build does the same.
-_UNIT_STRIDES = {"stride_score_c"}
-_FP32_BUFFERS = {"LSE", "Delta", "Score"}
-_INT32_BUFFERS = {"CuSeqlens"}
+    "stride_score_b", "stride_score_h", "stride_score_blk", "stride_order",
+})
 
 
-def attention_signature(fn, dtype: str, constexprs: dict[str, Any], has_score: bool = False):
-    """(signature, constants, args divisible by 16) of an attention kernel (kernels.fused_attention
-    or kernels.varlen_fused_attention) as its launcher calls it on the model's tensors. Pointers
-    are the capitalised arguments (Q, LSE, CuSeqlens; dOut, dK); tensors of the model have a
-    contiguous head dim (stride 1: a constant, as triton specialises it) and row / head strides
-    that are multiples of 16 (3 H d, d for d = 32, 64)."""
-    elem = _TORCH_TO_TRITON[dtype]
+def triton_type(dtype: Any) -> str:
+    """Triton's name of a torch dtype given as a dtype or its name ("float16" -> "fp16")."""
+    return _TORCH_TO_TRITON[str(dtype).removeprefix("torch.")]
+
+
+def kernel_signature(
+    fn,
+    elem_type: str,
+    constexprs: dict[str, Any],
+    *,
+    pointer_types: dict[str, str] | None = None,
+    unit_strides: frozenset[str] = _UNIT_STRIDES,
+    plain_ints: frozenset[str] = _PLAIN_INTS,
+    divisible: bool = True,
+) -> tuple[dict[str, str], dict[str, Any], list[str]]:
+    """(signature, constants, arguments divisible by 16) of the @triton.jit kernel `fn` as its
+    launcher calls it on the model's tensors. Each of `fn.arg_names` is, in this order of rules:
+
+    - in `constexprs`: a constant of that value;
+    - `*_ptr`: a pointer to `elem_type` (the tensors' dtype, "fp16"), or to `pointer_types[name]`
+      for a buffer of another dtype (float32 accumulators, int32 offsets); divisible by 16
+      (PyTorch's allocations are aligned);
+    - in `unit_strides`: the constant 1;
+    - in `_FLOAT_ARGS`: fp32;
+    - in `plain_ints`: i32;
+    - anything else (row / head strides, channel counts): i32, divisible by 16 when `divisible`
+      says the model's shapes make it so (3 H d and d for d = 32, 64; D = 768).
+    """
+    pointer_types = pointer_types or {}
     signature: dict[str, str] = {}
     consts: dict[str, Any] = {}
-    divisible: list[str] = []
+    divisible_args: list[str] = []
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
             consts[name] = constexprs[name]
-        elif name[:1].isupper() or name.startswith("d") and name[1:2].isupper():
-            signature[name] = ("*i32" if name in _INT32_BUFFERS else "*fp32" if name in _FP32_BUFFERS
-                               else f"*{elem}")
-            divisible.append(name)
-        elif name in _FLOAT_ARGS:
-            signature[name] = "fp32"
-        elif name.endswith("d") and name.startswith("stride_") or name in _UNIT_STRIDES:
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointer_types.get(name, elem_type)
+            divisible_args.append(name)
+        elif name in unit_strides:
             signature[name] = "constexpr"
             consts[name] = 1
-        elif name in _PLAIN_INTS:
-            signature[name] = "i32"
-        elif name.startswith("stride_"):
-            signature[name] = "i32"
-            divisible.append(name)
+        elif name in _FLOAT_ARGS:
+            signature[name] = "fp32"
         else:
-            raise ValueError(f"no AOT type for argument {name!r} of {getattr(fn, '__name__', fn)}")
-    if not has_score and "Score" in signature:  # Score then aliases LSE; its strides are 0
-        for name in ("stride_score_b", "stride_score_h", "stride_score_blk", "stride_score_c"):
             signature[name] = "i32"
-            consts.pop(name, None)
-    return signature, consts, divisible
+            if divisible and name not in plain_ints:
+                divisible_args.append(name)
+    return signature, consts, divisible_args
+
+
+def _torch_dtype(dtype: Any):
+    """A torch dtype from a dtype or its name."""
+    import torch
+
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def fp32_precisions(dtype: str, precisions=("ieee", "tf32")) -> tuple[str, ...]:
     """The dot precisions to build for a dtype: fp32 has an IEEE and a tensor-core (tf32) variant,
     16-bit types have one (their dots always run on tensor cores)."""
     return tuple(precisions) if dtype == "float32" else ("ieee",)
+
+
+# ----------------------------------------------------------------------------------------------
+# The attention kernels (batched and varlen) as their launchers call them
+# ----------------------------------------------------------------------------------------------
+
+_ATTN_MODULE = "kernels.fused_attention"
+_VARLEN_MODULE = "kernels.varlen_fused_attention"
+# float32 buffers (log-sum-exp, delta, score partials) and int32 sequence offsets
+_ATTN_POINTER_TYPES = {"lse_ptr": "fp32", "delta_ptr": "fp32", "score_ptr": "fp32", "cu_seqlens_ptr": "i32"}
+
+
+def _attention_signature(fn, dtype: str, constexprs: dict[str, Any], has_score: bool = False):
+    """`kernel_signature` of an attention kernel on `dtype` ("float16") tensors. Without the score
+    the launcher passes the log-sum-exp buffer as `score_ptr`, with strides 0 (not the constant 1)."""
+    unit_strides, plain_ints = _UNIT_STRIDES, _PLAIN_INTS
+    if "score_ptr" in fn.arg_names and not has_score:
+        unit_strides, plain_ints = unit_strides - {"stride_score_c"}, plain_ints | {"stride_score_c"}
+    return kernel_signature(fn, triton_type(dtype), constexprs, pointer_types=_ATTN_POINTER_TYPES,
+                            unit_strides=unit_strides, plain_ints=plain_ints)
 
 
 def attention_kernel_specs(
@@ -335,8 +382,6 @@ def attention_kernel_specs(
     """
     import importlib
 
-    import torch
-
     from kernels.fused_attention import attention_config
 
     module = importlib.import_module(_ATTN_MODULE)
@@ -346,7 +391,7 @@ def attention_kernel_specs(
         for d in head_dims:
             for dtype in dtypes:
                 for n, precision in itertools.product(seq_lens, fp32_precisions(dtype, precisions)):
-                    cfg = config_fn(d, getattr(torch, dtype), n, precision)
+                    cfg = config_fn(d, _torch_dtype(dtype), n, precision)
                     one_tile = n is not None and n <= cfg.fwd.block_n
                     kernels = [
                         ("_attn_fwd", "fwd", cfg.fwd, {"HAS_SCORE": False, "ONE_KEY_TILE": one_tile}),
@@ -367,14 +412,115 @@ def attention_kernel_specs(
                         if key in seen:  # another length with the same tiles: one build
                             continue
                         seen.add(key)
-                        sig, consts, div = attention_signature(getattr(module, kernel), dtype, consts,
-                                                               extra.get("HAS_SCORE", False))
+                        sig, consts, div = _attention_signature(getattr(module, kernel), dtype, consts,
+                                                                extra.get("HAS_SCORE", False))
                         specs.append(KernelSpec(
                             kernel, _ATTN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
                             {"dtype": dtype, "head_dim": d, "variant": variant, "seq_len": n or "long",
                              "one_key_tile": extra.get("ONE_KEY_TILE", False),
                              "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
                         ))
+    return specs
+
+
+def varlen_attention_kernel_specs(
+    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None,
+    seq_lens=(None,), precisions=("ieee", "tf32"),
+) -> list[KernelSpec]:
+    """The forward and the three backward kernels of kernels.varlen_fused_attention at the launchers'
+    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype, max_seqlen, fp32_precision)`), for each
+    `max_seqlen` in `seq_lens` (None: long sequences; the backward only there, its tiles do not
+    depend on it) and, for fp32, each dot precision. Variants are labelled "varlen fwd",
+    "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
+    import importlib
+
+    from kernels.fused_attention import attention_config
+
+    module = importlib.import_module(_VARLEN_MODULE)
+    config_fn = config_fn or (lambda d, dtype, n, p: attention_config(d, dtype, seq_len=n, fp32_precision=p))
+    kernels = [
+        ("_varlen_attn_fwd", "varlen fwd", "fwd"),
+        ("_varlen_attn_bwd_preprocess", "varlen bwd delta", "delta"),
+        ("_varlen_attn_bwd_dkdv", "varlen bwd dk/dv", "dkdv"),
+        ("_varlen_attn_bwd_dq", "varlen bwd dq", "dq"),
+    ]
+    specs, seen = [], set()
+    for cap in capabilities:
+        for d in head_dims:
+            for dtype in dtypes:
+                dtype = _torch_dtype(dtype)
+                dtype_name = str(dtype).removeprefix("torch.")
+                for n in seq_lens:
+                    for precision in fp32_precisions(dtype_name, precisions):
+                        cfg = config_fn(d, dtype, n, precision)
+                        for kernel, variant, which in kernels:
+                            if n is not None and which != "fwd":
+                                continue
+                            launch = getattr(cfg, which)
+                            consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m}
+                            if which != "delta":
+                                consts["BLOCK_N"] = launch.block_n
+                                consts["DOT_PRECISION"] = precision
+                            if which == "fwd":
+                                consts["ONE_KEY_TILE"] = n is not None and n <= launch.block_n
+                            key = (cap, which, dtype_name, tuple(sorted(consts.items())), launch)
+                            if key in seen:  # another length with the same tiles: one build
+                                continue
+                            seen.add(key)
+                            sig, consts, div = _attention_signature(getattr(module, kernel), dtype_name, consts)
+                            specs.append(KernelSpec(
+                                kernel, _VARLEN_MODULE, sig, consts, div, launch.num_warps, launch.num_stages, cap,
+                                {"dtype": dtype_name, "head_dim": d, "variant": variant, "seq_len": n or "long",
+                                 "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
+                            ))
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# The token-composition kernels as their launchers call them
+# ----------------------------------------------------------------------------------------------
+
+_COMPOSITION_MODULE = "kernels.token_composition"
+
+
+def composition_kernel_specs(
+    capabilities=(80, 90), dims=(768,), dtypes=("float16", "bfloat16"), order_dtype="int64", coarse_grid=(8, 6),
+) -> list[KernelSpec]:
+    """The four kernels of kernels.token_composition as the launchers call them (default configs,
+    every gradient asked for, contiguous tensors of embedding dim `dim`: row strides equal to D,
+    multiples of 16 when D is). `dtypes` and `order_dtype`: torch dtypes or their names."""
+    import importlib
+
+    from kernels.token_composition import composition_config
+
+    module = importlib.import_module(_COMPOSITION_MODULE)
+    pointer_types = {"order_ptr": triton_type(order_dtype), "cu_seqlens_ptr": "i32",
+                     "d_fine_pos_ptr": "fp32"}  # fine positions accumulate in a float32 buffer (atomics)
+    specs = []
+    for cap in capabilities:
+        for dim in dims:
+            for dtype in dtypes:
+                dtype = _torch_dtype(dtype)
+                cfg = composition_config(dim, dtype, interpreter=False)
+                kernels = {
+                    "_compose_fwd_kernel": {"COARSE_W": coarse_grid[1], "BLOCK_ROWS": cfg.block_rows,
+                                            "BLOCK_D": cfg.block_d},
+                    "_compose_bwd_fine_kernel": {"COARSE_W": coarse_grid[1], "BLOCK_SLOTS": cfg.block_slots,
+                                                 "BLOCK_D": cfg.block_d, "FINE_EMBED_GRAD": True,
+                                                 "FINE_POS_GRAD": True, "REUSE_GRAD": True},
+                    "_compose_bwd_coarse_kernel": {"BLOCK_ROWS": cfg.block_rows, "BLOCK_D": cfg.block_d},
+                    "_compose_bwd_keypoint_kernel": {"BLOCK_SAMPLES": cfg.block_samples, "BLOCK_D": cfg.block_d},
+                }
+                for name, consts in kernels.items():
+                    sig, consts, div = kernel_signature(getattr(module, name), triton_type(dtype), consts,
+                                                        pointer_types=pointer_types, divisible=dim % 16 == 0)
+                    specs.append(KernelSpec(
+                        name, _COMPOSITION_MODULE, sig, consts, div, cfg.num_warps, 1, cap,
+                        {"variant": name.removeprefix("_compose_").removesuffix("_kernel"),
+                         "dtype": str(dtype).removeprefix("torch."), "dim": dim,
+                         "block_m": cfg.block_rows if name != "_compose_bwd_fine_kernel" else cfg.block_slots,
+                         "block_n": cfg.block_d},
+                    ))
     return specs
 
 

@@ -343,7 +343,7 @@ def attn_bwd_dq_tile(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd(
-    Q, K, V, Out, LSE, Score,
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, score_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -359,16 +359,16 @@ def _attn_fwd(
     start_m = block * BLOCK_M
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: B * N * H * d may exceed 2**31
-    # Score: this program's own row of the (B, H, score blocks, columns) partial sums; only the
-    # blocks overlapping the score rows (block >= first_block) ever store through it.
+    # score_ptr: this program's own row of the (B, H, score blocks, columns) partial sums; only
+    # the blocks overlapping the score rows (block >= first_block) ever store through it.
     first_block = score_row_start // BLOCK_M
     attn_fwd_tile(
-        Q + batch * stride_qb + head * stride_qh,
-        K + batch * stride_kb + head * stride_kh,
-        V + batch * stride_vb + head * stride_vh,
-        Out + batch * stride_ob + head * stride_oh,
-        LSE + batch * stride_lse_b + head * stride_lse_h,
-        Score + batch * stride_score_b + head * stride_score_h + (block - first_block) * stride_score_blk,
+        q_ptr + batch * stride_qb + head * stride_qh,
+        k_ptr + batch * stride_kb + head * stride_kh,
+        v_ptr + batch * stride_vb + head * stride_vh,
+        out_ptr + batch * stride_ob + head * stride_oh,
+        lse_ptr + batch * stride_lse_b + head * stride_lse_h,
+        score_ptr + batch * stride_score_b + head * stride_score_h + (block - first_block) * stride_score_blk,
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
         1, stride_score_c,
         start_m, seq_len_q, seq_len_k, qk_scale,
@@ -379,7 +379,7 @@ def _attn_fwd(
 
 @triton.jit(do_not_specialize=["seq_len_q"])
 def _attn_bwd_preprocess(
-    Out, dOut, Delta,
+    out_ptr, d_out_ptr, delta_ptr,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_delta_b, stride_delta_h,
@@ -390,9 +390,9 @@ def _attn_bwd_preprocess(
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     attn_bwd_delta_tile(
-        Out + batch * stride_ob + head * stride_oh,
-        dOut + batch * stride_dob + head * stride_doh,
-        Delta + batch * stride_delta_b + head * stride_delta_h,
+        out_ptr + batch * stride_ob + head * stride_oh,
+        d_out_ptr + batch * stride_dob + head * stride_doh,
+        delta_ptr + batch * stride_delta_b + head * stride_delta_h,
         stride_on, stride_od, stride_don, stride_dod, 1,
         start_m, seq_len_q,
         HEAD_DIM, BLOCK_D, BLOCK_M,
@@ -401,7 +401,7 @@ def _attn_bwd_preprocess(
 
 @triton.jit(do_not_specialize=["seq_len_q", "seq_len_k"])
 def _attn_bwd_dkdv(
-    Q, K, V, dOut, LSE, Delta, dK, dV,
+    q_ptr, k_ptr, v_ptr, d_out_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -416,16 +416,16 @@ def _attn_bwd_dkdv(
     start_n = tl.program_id(0) * BLOCK_N
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
-    lse_offset = batch * stride_lse_b + head * stride_lse_h  # LSE and Delta share one layout
+    lse_offset = batch * stride_lse_b + head * stride_lse_h  # lse and delta share one layout
     attn_bwd_dkdv_tile(
-        Q + batch * stride_qb + head * stride_qh,
-        K + batch * stride_kb + head * stride_kh,
-        V + batch * stride_vb + head * stride_vh,
-        dOut + batch * stride_dob + head * stride_doh,
-        LSE + lse_offset,
-        Delta + lse_offset,
-        dK + batch * stride_dkb + head * stride_dkh,
-        dV + batch * stride_dvb + head * stride_dvh,
+        q_ptr + batch * stride_qb + head * stride_qh,
+        k_ptr + batch * stride_kb + head * stride_kh,
+        v_ptr + batch * stride_vb + head * stride_vh,
+        d_out_ptr + batch * stride_dob + head * stride_doh,
+        lse_ptr + lse_offset,
+        delta_ptr + lse_offset,
+        dk_ptr + batch * stride_dkb + head * stride_dkh,
+        dv_ptr + batch * stride_dvb + head * stride_dvh,
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
         1, stride_dkn, stride_dkd, stride_dvn, stride_dvd,
         start_n, seq_len_q, seq_len_k, sm_scale, qk_scale,
@@ -435,7 +435,7 @@ def _attn_bwd_dkdv(
 
 @triton.jit(do_not_specialize=["seq_len_q", "seq_len_k"])
 def _attn_bwd_dq(
-    Q, K, V, dOut, LSE, Delta, dQ,
+    q_ptr, k_ptr, v_ptr, d_out_ptr, lse_ptr, delta_ptr, dq_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -451,13 +451,13 @@ def _attn_bwd_dq(
     batch = tl.program_id(2).to(tl.int64)
     lse_offset = batch * stride_lse_b + head * stride_lse_h
     attn_bwd_dq_tile(
-        Q + batch * stride_qb + head * stride_qh,
-        K + batch * stride_kb + head * stride_kh,
-        V + batch * stride_vb + head * stride_vh,
-        dOut + batch * stride_dob + head * stride_doh,
-        LSE + lse_offset,
-        Delta + lse_offset,
-        dQ + batch * stride_dqb + head * stride_dqh,
+        q_ptr + batch * stride_qb + head * stride_qh,
+        k_ptr + batch * stride_kb + head * stride_kh,
+        v_ptr + batch * stride_vb + head * stride_vh,
+        d_out_ptr + batch * stride_dob + head * stride_doh,
+        lse_ptr + lse_offset,
+        delta_ptr + lse_offset,
+        dq_ptr + batch * stride_dqb + head * stride_dqh,
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_don, stride_dod,
         1, stride_dqn, stride_dqd,
         start_m, seq_len_q, seq_len_k, sm_scale, qk_scale,

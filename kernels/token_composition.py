@@ -51,7 +51,6 @@ tensors (interpreter), where reading them costs no device sync.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import triton
@@ -70,7 +69,6 @@ __all__ = [
     "composition_config",
     "compose_tokens_forward",
     "compose_tokens_backward",
-    "composition_kernel_specs",
 ]
 
 _MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2
@@ -567,76 +565,3 @@ def compose_tokens_padded(
     out = compose_tokens(keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens,
                          coarse_grid, seq_len)
     return out.reshape(coarse_embed.shape[0], seq_len, out.shape[-1])
-
-
-# ----------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs (kernels.aot): registers / spills without a GPU
-# ----------------------------------------------------------------------------------------------
-
-_TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def composition_kernel_specs(
-    capabilities=(80, 90), dims=(768,), dtypes=(torch.float16, torch.bfloat16), order_dtype=torch.int64,
-    coarse_grid=(8, 6), num_keypoints=17,
-) -> list[Any]:
-    """`kernels.aot.KernelSpec`s of the four kernels as the launchers call them (default configs,
-    contiguous tensors of embedding dim `dim`: row strides equal to D)."""
-    from kernels.aot import KernelSpec
-
-    module = __name__
-    order_ty = "*i64" if order_dtype == torch.int64 else "*i32"
-    specs = []
-    for cap in capabilities:
-        for dim in dims:
-            for dtype in dtypes:
-                cfg = composition_config(dim, dtype, interpreter=False)
-                elem = "*" + _TORCH_TO_TRITON[dtype]
-                stride = "i32"
-                kernels = {
-                    "_compose_fwd_kernel": (
-                        {"keypoint_ptr": elem, "fine_embed_ptr": elem, "fine_pos_ptr": elem, "reuse_ptr": elem,
-                         "coarse_ptr": elem, "order_ptr": order_ty, "cu_seqlens_ptr": "*i32", "out_ptr": elem,
-                         "stride_keypoint": stride, "stride_fine_embed": stride, "stride_fine_pos": stride,
-                         "stride_reuse": stride, "stride_coarse_sample": stride, "stride_coarse_patch": stride,
-                         "stride_order": stride, "stride_out": stride,
-                         "num_keypoints": "i32", "num_patches": "i32", "dim": "i32"},
-                        {"COARSE_W": coarse_grid[1], "BLOCK_ROWS": cfg.block_rows, "BLOCK_D": cfg.block_d},
-                    ),
-                    "_compose_bwd_fine_kernel": (
-                        {"grad_ptr": elem, "order_ptr": order_ty, "cu_seqlens_ptr": "*i32",
-                         "d_fine_embed_ptr": elem, "d_fine_pos_ptr": "*fp32", "d_reuse_ptr": elem,
-                         "stride_grad": stride, "stride_order": stride, "stride_d_fine_embed": stride,
-                         "stride_d_fine_pos": stride, "stride_d_reuse": stride,
-                         "num_keypoints": "i32", "num_patches": "i32", "dim": "i32"},
-                        {"COARSE_W": coarse_grid[1], "BLOCK_SLOTS": cfg.block_slots, "BLOCK_D": cfg.block_d,
-                         "FINE_EMBED_GRAD": True, "FINE_POS_GRAD": True, "REUSE_GRAD": True},
-                    ),
-                    "_compose_bwd_coarse_kernel": (
-                        {"grad_ptr": elem, "order_ptr": order_ty, "cu_seqlens_ptr": "*i32", "d_coarse_ptr": elem,
-                         "stride_grad": stride, "stride_order": stride, "stride_d_coarse_sample": stride,
-                         "stride_d_coarse_patch": stride,
-                         "num_keypoints": "i32", "num_patches": "i32", "dim": "i32"},
-                        {"BLOCK_ROWS": cfg.block_rows, "BLOCK_D": cfg.block_d},
-                    ),
-                    "_compose_bwd_keypoint_kernel": (
-                        {"grad_ptr": elem, "cu_seqlens_ptr": "*i32", "d_keypoint_ptr": elem,
-                         "stride_grad": stride, "stride_d_keypoint": stride, "num_samples": "i32", "dim": "i32"},
-                        {"BLOCK_SAMPLES": cfg.block_samples, "BLOCK_D": cfg.block_d},
-                    ),
-                }
-                for name, (signature, consts) in kernels.items():
-                    signature = {**signature, **{c: "constexpr" for c in consts}}
-                    divisible_args = [a for a, t in signature.items() if t.startswith("*")]
-                    if dim % 16 == 0:  # contiguous rows: row strides (and D) are multiples of 16 too
-                        # (stride_order is N_c, e.g. 108: not specialised)
-                        divisible_args += [a for a in signature if a.startswith("stride_") and a != "stride_order"]
-                        divisible_args.append("dim")
-                    specs.append(KernelSpec(
-                        name, module, signature, consts, divisible_args, cfg.num_warps, 1, cap,
-                        {"variant": name.removeprefix("_compose_").removesuffix("_kernel"),
-                         "dtype": str(dtype).removeprefix("torch."), "dim": dim,
-                         "block_m": cfg.block_rows if name != "_compose_bwd_fine_kernel" else cfg.block_slots,
-                         "block_n": cfg.block_d},
-                    ))
-    return specs

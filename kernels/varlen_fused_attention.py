@@ -41,8 +41,6 @@ CPU, where reading it costs no device sync.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
@@ -66,7 +64,6 @@ __all__ = [
     "varlen_attention",
     "varlen_attention_forward",
     "varlen_attention_backward",
-    "varlen_attention_kernel_specs",
 ]
 
 _MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2 (heads, sequences)
@@ -82,16 +79,16 @@ _RUNTIME_INTS = ["stride_lse_h", "stride_delta_h", "num_tokens"]
 
 
 @triton.jit
-def _sequence_bounds(CuSeqlens, seq):
+def _sequence_bounds(cu_seqlens_ptr, seq):
     """(first packed row as int64, length) of sequence `seq`."""
-    start = tl.load(CuSeqlens + seq)
-    end = tl.load(CuSeqlens + seq + 1)
+    start = tl.load(cu_seqlens_ptr + seq)
+    end = tl.load(cu_seqlens_ptr + seq + 1)
     return start.to(tl.int64), end - start
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _varlen_attn_fwd(
-    Q, K, V, Out, LSE, CuSeqlens,
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, cu_seqlens_ptr,
     stride_qt, stride_qh, stride_qd,
     stride_kt, stride_kh, stride_kd,
     stride_vt, stride_vh, stride_vd,
@@ -103,15 +100,15 @@ def _varlen_attn_fwd(
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
-    start, length = _sequence_bounds(CuSeqlens, tl.program_id(2))
+    start, length = _sequence_bounds(cu_seqlens_ptr, tl.program_id(2))
     if start_m >= length:  # max_seqlen is only a bound: nothing to do past this sequence's end
         return
-    lse = LSE + head * stride_lse_h + start
+    lse = lse_ptr + head * stride_lse_h + start
     attn_fwd_tile(
-        Q + start * stride_qt + head * stride_qh,
-        K + start * stride_kt + head * stride_kh,
-        V + start * stride_vt + head * stride_vh,
-        Out + start * stride_ot + head * stride_oh,
+        q_ptr + start * stride_qt + head * stride_qh,
+        k_ptr + start * stride_kt + head * stride_kh,
+        v_ptr + start * stride_vt + head * stride_vh,
+        out_ptr + start * stride_ot + head * stride_oh,
         lse,
         lse,  # score_base: unused without HAS_SCORE
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_ot, stride_od,
@@ -124,7 +121,7 @@ def _varlen_attn_fwd(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _varlen_attn_bwd_preprocess(
-    Out, dOut, Delta,
+    out_ptr, d_out_ptr, delta_ptr,
     stride_ot, stride_oh, stride_od,
     stride_dot, stride_doh, stride_dod,
     stride_delta_h,
@@ -135,9 +132,9 @@ def _varlen_attn_bwd_preprocess(
     row0 = (tl.program_id(0) * BLOCK_M).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     attn_bwd_delta_tile(
-        Out + row0 * stride_ot + head * stride_oh,
-        dOut + row0 * stride_dot + head * stride_doh,
-        Delta + head * stride_delta_h + row0,
+        out_ptr + row0 * stride_ot + head * stride_oh,
+        d_out_ptr + row0 * stride_dot + head * stride_doh,
+        delta_ptr + head * stride_delta_h + row0,
         stride_ot, stride_od, stride_dot, stride_dod, 1,
         0, (num_tokens - row0).to(tl.int32),
         HEAD_DIM, BLOCK_D, BLOCK_M,
@@ -146,7 +143,7 @@ def _varlen_attn_bwd_preprocess(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _varlen_attn_bwd_dkdv(
-    Q, K, V, dOut, LSE, Delta, CuSeqlens, dK, dV,
+    q_ptr, k_ptr, v_ptr, d_out_ptr, lse_ptr, delta_ptr, cu_seqlens_ptr, dk_ptr, dv_ptr,
     stride_qt, stride_qh, stride_qd,
     stride_kt, stride_kh, stride_kd,
     stride_vt, stride_vh, stride_vd,
@@ -160,19 +157,19 @@ def _varlen_attn_bwd_dkdv(
 ):
     start_n = tl.program_id(0) * BLOCK_N
     head = tl.program_id(1).to(tl.int64)
-    start, length = _sequence_bounds(CuSeqlens, tl.program_id(2))
+    start, length = _sequence_bounds(cu_seqlens_ptr, tl.program_id(2))
     if start_n >= length:
         return
-    lse_offset = head * stride_lse_h + start  # LSE and Delta share one (H, T) layout
+    lse_offset = head * stride_lse_h + start  # lse and delta share one (H, T) layout
     attn_bwd_dkdv_tile(
-        Q + start * stride_qt + head * stride_qh,
-        K + start * stride_kt + head * stride_kh,
-        V + start * stride_vt + head * stride_vh,
-        dOut + start * stride_dot + head * stride_doh,
-        LSE + lse_offset,
-        Delta + lse_offset,
-        dK + start * stride_dkt + head * stride_dkh,
-        dV + start * stride_dvt + head * stride_dvh,
+        q_ptr + start * stride_qt + head * stride_qh,
+        k_ptr + start * stride_kt + head * stride_kh,
+        v_ptr + start * stride_vt + head * stride_vh,
+        d_out_ptr + start * stride_dot + head * stride_doh,
+        lse_ptr + lse_offset,
+        delta_ptr + lse_offset,
+        dk_ptr + start * stride_dkt + head * stride_dkh,
+        dv_ptr + start * stride_dvt + head * stride_dvh,
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_dot, stride_dod,
         1, stride_dkt, stride_dkd, stride_dvt, stride_dvd,
         start_n, length, length, sm_scale, qk_scale,
@@ -182,7 +179,7 @@ def _varlen_attn_bwd_dkdv(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _varlen_attn_bwd_dq(
-    Q, K, V, dOut, LSE, Delta, CuSeqlens, dQ,
+    q_ptr, k_ptr, v_ptr, d_out_ptr, lse_ptr, delta_ptr, cu_seqlens_ptr, dq_ptr,
     stride_qt, stride_qh, stride_qd,
     stride_kt, stride_kh, stride_kd,
     stride_vt, stride_vh, stride_vd,
@@ -195,18 +192,18 @@ def _varlen_attn_bwd_dq(
 ):
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)
-    start, length = _sequence_bounds(CuSeqlens, tl.program_id(2))
+    start, length = _sequence_bounds(cu_seqlens_ptr, tl.program_id(2))
     if start_m >= length:
         return
     lse_offset = head * stride_lse_h + start
     attn_bwd_dq_tile(
-        Q + start * stride_qt + head * stride_qh,
-        K + start * stride_kt + head * stride_kh,
-        V + start * stride_vt + head * stride_vh,
-        dOut + start * stride_dot + head * stride_doh,
-        LSE + lse_offset,
-        Delta + lse_offset,
-        dQ + start * stride_dqt + head * stride_dqh,
+        q_ptr + start * stride_qt + head * stride_qh,
+        k_ptr + start * stride_kt + head * stride_kh,
+        v_ptr + start * stride_vt + head * stride_vh,
+        d_out_ptr + start * stride_dot + head * stride_doh,
+        lse_ptr + lse_offset,
+        delta_ptr + lse_offset,
+        dq_ptr + start * stride_dqt + head * stride_dqh,
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_dot, stride_dod,
         1, stride_dqt, stride_dqd,
         start_m, length, length, sm_scale, qk_scale,
@@ -465,59 +462,3 @@ def varlen_attention(
     if dispatch_needed(q, k, v):
         return _varlen_op(q, k, v, cu_seqlens, max_seqlen, scale)[0]
     return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale)[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs (kernels.aot): registers / spills without a GPU
-# ----------------------------------------------------------------------------------------------
-
-
-def varlen_attention_kernel_specs(
-    capabilities=(80, 90), head_dims=(32, 64), dtypes=("float16", "bfloat16"), config_fn=None,
-    seq_lens=(None,), precisions=("ieee", "tf32"),
-) -> list[Any]:
-    """`kernels.aot.KernelSpec`s of the forward and the three backward kernels at the launchers'
-    configurations (`attention_config`, or `config_fn(head_dim, torch_dtype, max_seqlen, fp32_precision)`), for each
-    `max_seqlen` in `seq_lens` (None: long sequences; the backward only there, its tiles do not
-    depend on it) and, for fp32, each dot precision. Variants are labelled "varlen fwd",
-    "varlen bwd delta", "varlen bwd dk/dv", "varlen bwd dq"."""
-    from kernels.aot import KernelSpec, attention_signature, fp32_precisions
-
-    config_fn = config_fn or (lambda d, dtype, n, p: attention_config(d, dtype, seq_len=n, fp32_precision=p))
-    kernels = [
-        (_varlen_attn_fwd, "varlen fwd", "fwd"),
-        (_varlen_attn_bwd_preprocess, "varlen bwd delta", "delta"),
-        (_varlen_attn_bwd_dkdv, "varlen bwd dk/dv", "dkdv"),
-        (_varlen_attn_bwd_dq, "varlen bwd dq", "dq"),
-    ]
-    specs, seen = [], set()
-    for cap in capabilities:
-        for d in head_dims:
-            for dtype_name in dtypes:
-                dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else dtype_name
-                dtype_name = str(dtype).removeprefix("torch.")
-                for n in seq_lens:
-                    for precision in fp32_precisions(dtype_name, precisions):
-                        cfg = config_fn(d, dtype, n, precision)
-                        for kernel, variant, which in kernels:
-                            if n is not None and which != "fwd":
-                                continue
-                            launch = getattr(cfg, which)
-                            consts = {"HEAD_DIM": d, "BLOCK_D": cfg.block_d, "BLOCK_M": launch.block_m}
-                            if which != "delta":
-                                consts["BLOCK_N"] = launch.block_n
-                                consts["DOT_PRECISION"] = precision
-                            if which == "fwd":
-                                consts["ONE_KEY_TILE"] = n is not None and n <= launch.block_n
-                            key = (cap, which, dtype_name, tuple(sorted(consts.items())), launch)
-                            if key in seen:  # another length with the same tiles: one build
-                                continue
-                            seen.add(key)
-                            name = getattr(kernel, "fn", kernel).__name__  # the python function's name
-                            sig, consts, div = attention_signature(kernel, dtype_name, consts)
-                            specs.append(KernelSpec(
-                                name, __name__, sig, consts, div, launch.num_warps, launch.num_stages, cap,
-                                {"dtype": dtype_name, "head_dim": d, "variant": variant, "seq_len": n or "long",
-                                 "precision": precision, "block_m": launch.block_m, "block_n": launch.block_n},
-                            ))
-    return specs

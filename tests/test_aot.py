@@ -14,9 +14,10 @@ from kernels.aot import (
     KernelSpec,
     _sass_spills,
     attention_kernel_specs,
-    attention_signature,
     ctas_per_sm,
+    kernel_signature,
     tools_available,
+    varlen_attention_kernel_specs,
 )
 
 _TOOLS_OK, _WHY = tools_available()
@@ -38,8 +39,8 @@ def resources(request):
     # measurement does see spills.
     from kernels.fused_attention import _attn_fwd
 
-    sig, consts, div = attention_signature(
-        _attn_fwd, "float32",
+    sig, consts, div = kernel_signature(
+        _attn_fwd, "fp32",
         {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 32, "BLOCK_N": 32, "HAS_SCORE": False, "ONE_KEY_TILE": False,
          "DOT_PRECISION": "ieee"},
     )
@@ -105,8 +106,6 @@ VARLEN_VARIANTS = ("varlen fwd", "varlen bwd delta", "varlen bwd dk/dv", "varlen
 
 @pytest.fixture(scope="module")
 def varlen_resources(request):
-    from kernels.varlen_fused_attention import varlen_attention_kernel_specs
-
     rows = measure_specs_cached(request.config, varlen_attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES))
     return {(r["capability"], r["head_dim"], r["dtype"], r["variant"]): r for r in rows}
 
@@ -124,7 +123,6 @@ def test_varlen_launcher_configs_are_the_ones_compiled():
     import torch
 
     from kernels.fused_attention import attention_config
-    from kernels.varlen_fused_attention import varlen_attention_kernel_specs
 
     for d in HEAD_DIMS:
         cfg = attention_config(d, torch.float16)

@@ -456,9 +456,7 @@ def test_kernels_compile_without_spills(request):
     ok, why = aot.tools_available()
     if not ok:
         pytest.skip(why)
-    from kernels.token_composition import composition_kernel_specs
-
-    specs = composition_kernel_specs(capabilities=(80, 90), dims=(768,), dtypes=(torch.float16, torch.bfloat16))
+    specs = aot.composition_kernel_specs(capabilities=(80, 90), dims=(768,), dtypes=(torch.float16, torch.bfloat16))
     rows = measure_specs_cached(request.config, specs)
     assert len(rows) == 16
     for row in rows:

@@ -58,7 +58,8 @@ from sharpose.benchmark.records import (
 )
 from sharpose.benchmark.report import format_header, format_table, plot, write_json
 from sharpose.benchmark.training_step import run_training_benchmark
-from sharpose.flops.cache import FlopCounter, default_flop_cache, flop_ratio_limit, mean_gflops, published_gflops
+from sharpose.flops.cache import FlopCounter, default_flop_cache, flop_ratio_limit, mean_gflops
+from sharpose.flops.published import published_gflops
 
 __all__ = [
     "DTYPES",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpose.flops.counting import count_gflops
-from sharpose.flops.published import RELEASED_SHARPOSE, RELEASED_VITPOSE
+from sharpose.flops.published import published_gflops
 from sharpose.models import PoseModel
 
 
@@ -87,16 +87,6 @@ class FlopCounter:
             return
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         self.cache_path.write_text(json.dumps({"fingerprint": self.fingerprint, "entries": self.entries}, indent=1))
-
-
-def published_gflops(name: str, overrides: dict[str, Any], refine: bool) -> float | None:
-    if overrides:
-        return None
-    if name in RELEASED_SHARPOSE:
-        return RELEASED_SHARPOSE[name][1 if refine else 2]
-    if (name, "classic") in RELEASED_VITPOSE:
-        return RELEASED_VITPOSE[(name, "classic")][1]
-    return None
 
 
 def default_flop_cache() -> Path:

@@ -5,6 +5,8 @@ Released-code figures are fvcore counts of AnxQ/sharpose and ViTAE-Transformer/V
 """
 from __future__ import annotations
 
+from typing import Any
+
 # name: (params of the released code, GFLOPs both stages, GFLOPs of a sample exiting after the coarse stage)
 RELEASED_SHARPOSE = {
     "sharpose_small_256x192": (28_484_737, 4.843, 1.640),
@@ -45,3 +47,15 @@ ALPHA_SWEEP = {
     ("sharpose_base_384x288", 0.5): (38.66, 38.9),
 }
 
+
+def published_gflops(name: str, overrides: dict[str, Any], refine: bool) -> float | None:
+    """The released code's GFLOPs per image for a named default configuration (`refine`: both
+    stages, else a sample exiting after the coarse stage; ViTPose: its classic decoder), or None
+    when the configuration is overridden or has no released count."""
+    if overrides:
+        return None
+    if name in RELEASED_SHARPOSE:
+        return RELEASED_SHARPOSE[name][1 if refine else 2]
+    if (name, "classic") in RELEASED_VITPOSE:
+        return RELEASED_VITPOSE[(name, "classic")][1]
+    return None
