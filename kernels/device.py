@@ -6,6 +6,8 @@ Shared by the three Triton ops and by the backend switch; imports neither (a lea
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 import importlib.metadata
 import importlib.util
 import os
@@ -81,15 +83,45 @@ def check_kernel_device(device: torch.device, op: str, dtype: torch.dtype | None
         )
 
 
+Checked = TypeVar("Checked")
+
+
+class CheckedSignatures(Generic[Checked]):
+    """An op's argument checks and launch choices, kept per call signature.
+
+    The model calls each op with a few signatures (shapes, dtypes, devices, static arguments), so
+    `get(signature, check, *args)` runs `check(*args)` (which raises on bad arguments, and includes
+    `check_kernel_device`) when the signature is new and returns its result; afterwards the same
+    signature costs one dictionary lookup. The one condition no signature holds, the interpreter
+    switch for CPU tensors, is read on every call. A signature must hold everything `check` reads.
+    """
+
+    def __init__(self, op: str, max_entries: int = 1024) -> None:
+        self.op = op
+        self.max_entries = max_entries
+        self._entries: dict[Hashable, Checked] = {}
+
+    def get(self, signature: Hashable, check: Callable[..., Checked], *args: torch.Tensor) -> Checked:
+        checked = self._entries.get(signature)
+        if checked is None:
+            checked = check(*args)
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[signature] = checked
+        elif not args[0].is_cuda and not interpreter_enabled():
+            check_kernel_device(args[0].device, self.op, args[0].dtype)  # raises: the interpreter was switched off
+        return checked
+
+
 _NO_GUARD = contextlib.nullcontext()
 
 
 def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Launch on the tensor's GPU (Triton launches on the current device); nothing to do when it is current."""
-    device = t.device
-    if device.type != "cuda" or device.index == torch.cuda.current_device():
+    if not t.is_cuda:  # (a tensor attribute: `t.device.type` builds a string on every call)
         return _NO_GUARD
-    return torch.cuda.device(device)
+    device = t.device
+    return _NO_GUARD if device.index == torch.cuda.current_device() else torch.cuda.device(device)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -60,7 +60,7 @@ import triton.language as tl
 
 from torch import Tensor
 
-from kernels.device import KERNEL_DTYPES, cdiv, check_kernel_device, device_guard
+from kernels.device import KERNEL_DTYPES, CheckedSignatures, cdiv, check_kernel_device, device_guard
 from kernels.library import KernelOp, dispatch_needed, tracing
 from kernels.reference import _check_score_args
 
@@ -647,9 +647,10 @@ def _check_args(
     score_rows: tuple[int, int] | None,
     score_cols: tuple[int, int] | None,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Check the arguments of `attention` (all but the device's ability to run the kernel, which
-    depends on the environment); return the resolved score ranges."""
+    """Check the arguments of `attention` and that their device can run the kernel; return the
+    resolved score ranges."""
     _check_qkv(q, k, v)
+    check_kernel_device(q.device, "attention", q.dtype)
     if score is None:
         return (0, 0), (0, 0)
     rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
@@ -658,16 +659,17 @@ def _check_args(
     return rows, cols
 
 
-# What `_check_args` and the launch configuration depend on -> the resolved score ranges and the
-# configuration, for the calls that passed the checks. The model calls the op with a few
-# signatures, so the checks run and the configuration is chosen when a signature changes, not on
-# every call.
-_CHECKED: dict[tuple, tuple[tuple[int, int], tuple[int, int], AttentionConfig]] = {}
-_MAX_CHECKED = 1024
+# The resolved score ranges and the launch configuration of the calls that passed `_check_args`.
+_CHECKED: CheckedSignatures[tuple[tuple[int, int], tuple[int, int], AttentionConfig]] = CheckedSignatures("attention")
 
 
 def _hashable(bounds: tuple[int, int] | None) -> tuple | None:
     return bounds if bounds is None or type(bounds) is tuple else tuple(bounds)
+
+
+def _check_and_configure(q, k, v, score, score_rows, score_cols):
+    rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
+    return rows, cols, attention_config(q.shape[3], q.dtype, interpreter=not q.is_cuda, seq_len=k.shape[2])
 
 
 def _check_args_once(q, k, v, score, score_rows, score_cols):
@@ -676,19 +678,12 @@ def _check_args_once(q, k, v, score, score_rows, score_cols):
                  torch.get_float32_matmul_precision()) + (
         () if score is None else
         (score.shape, score.dtype, score.device, _hashable(score_rows), _hashable(score_cols)))
-    checked = _CHECKED.get(signature)
-    if checked is None:
-        rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
-        config = attention_config(q.shape[3], q.dtype, interpreter=q.device.type != "cuda", seq_len=k.shape[2])
-        if len(_CHECKED) >= _MAX_CHECKED:
-            _CHECKED.clear()
-        checked = _CHECKED[signature] = rows, cols, config
-    return checked
+    return _CHECKED.get(signature, _check_and_configure, q, k, v, score, score_rows, score_cols)
 
 
 def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
     """A (B, H, N, d) tensor laid out as a contiguous (B, N, H, d) buffer."""
-    return torch.empty_strided((B, H, N, d), (N * H * d, d, H * d, 1), dtype=like.dtype, device=like.device)
+    return like.new_empty_strided((B, H, N, d), (N * H * d, d, H * d, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -722,8 +717,9 @@ def attention_forward(
     if out is None:
         out = _token_major(B, H, Nq, d, q)
     if lse is None:
-        lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
-    assert lse.stride(2) == 1 or Nq <= 1, "lse must have unit stride along the sequence"
+        lse = q.new_empty((B, H, Nq), dtype=torch.float32)
+    else:
+        assert lse.stride(2) == 1 or Nq <= 1, "lse must have unit stride along the sequence"
     (r0, r1), (c0, c1) = score_rows, score_cols
     has_score = score is not None and r1 > r0 and c1 > c0
     if B == 0 or H == 0 or Nq == 0:
@@ -733,7 +729,7 @@ def attention_forward(
         # Column sums per (sample, head, query block holding score rows), each element stored
         # once by one program (no atomics), then summed below in one fixed order.
         score_blocks = (r1 - 1) // block_m - r0 // block_m + 1
-        partial = torch.empty((B, H, score_blocks, c1 - c0), dtype=torch.float32, device=q.device)
+        partial = q.new_empty((B, H, score_blocks, c1 - c0), dtype=torch.float32)
         partial_strides = partial.stride()
     else:
         partial, partial_strides = lse, (0, 0, 0, 0)  # any valid pointer; unused without HAS_SCORE
@@ -907,7 +903,6 @@ def attention(
         (rows, cols), config = _check_args(q, k, v, score, score_rows, score_cols), None
     else:
         rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
-    check_kernel_device(q.device, "attention", q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not recorded:
         return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]

@@ -47,7 +47,7 @@ import triton.language as tl
 
 from torch import Tensor
 
-from kernels.device import KERNEL_DTYPES, cdiv, check_kernel_device, device_guard
+from kernels.device import KERNEL_DTYPES, CheckedSignatures, cdiv, check_kernel_device, device_guard
 from kernels.fused_attention import (
     LOG2E,
     MAX_HEAD_DIM,
@@ -216,12 +216,16 @@ def _varlen_attn_bwd_dq(
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_tensors(**tensors) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def _check_varlen_args(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
 ) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_tensors(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"q, k, v must be packed (T, H, d) tensors, got shapes {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -262,6 +266,24 @@ def _check_varlen_args(
     if not 1 <= q.shape[2] <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}], got {q.shape[2]}")
     check_kernel_device(q.device, "varlen_attention", q.dtype)
+
+
+# The launch configuration of the calls that passed `_check_varlen_args`.
+_CHECKED: CheckedSignatures[AttentionConfig] = CheckedSignatures("varlen_attention")
+
+
+def _check_and_configure(q, k, v, cu_seqlens, max_seqlen) -> AttentionConfig:
+    _check_varlen_args(q, k, v, cu_seqlens, max_seqlen)
+    return attention_config(q.shape[2], q.dtype, interpreter=not q.is_cuda, seq_len=max_seqlen)
+
+
+def _check_varlen_args_once(q, k, v, cu_seqlens, max_seqlen) -> AttentionConfig:
+    _check_tensors(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    # max_seqlen's type too: True == 1; the fp32 dot precision is a global PyTorch setting
+    signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+                 cu_seqlens.shape, cu_seqlens.dtype, cu_seqlens.device, type(max_seqlen), max_seqlen,
+                 torch.get_float32_matmul_precision())
+    return _CHECKED.get(signature, _check_and_configure, q, k, v, cu_seqlens, max_seqlen)
 
 
 def _check_varlen_values(cu_seqlens: torch.Tensor, num_tokens: int, max_seqlen: int) -> None:
@@ -309,10 +331,11 @@ def varlen_attention_forward(
     R = cu_seqlens.shape[0] - 1
     cfg = _config(q, max_seqlen, config)
     if out is None:
-        out = torch.empty((T, H, d), dtype=q.dtype, device=q.device)
+        out = q.new_empty((T, H, d))
     if lse is None:
-        lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    assert lse.stride(1) == 1 or T <= 1, "lse must have unit stride along the tokens"
+        lse = q.new_empty((H, T), dtype=torch.float32)
+    else:
+        assert lse.stride(1) == 1 or T <= 1, "lse must have unit stride along the tokens"
     grid = (cdiv(max_seqlen, cfg.fwd.block_m), H, R)
     if T == 0 or 0 in grid:
         return out, lse
@@ -455,10 +478,15 @@ def varlen_attention(
     and devices are checked without a device sync; the values of cu_seqlens only on the CPU
     (outside a trace, where they can be read).
     """
-    _check_varlen_args(q, k, v, cu_seqlens, max_seqlen)
-    if cu_seqlens.device.type == "cpu" and not tracing():  # free to check: no device sync
-        _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
+    recorded = dispatch_needed(q, k, v)  # autograd or a trace records the call (kernels.library.KernelOp)
+    if recorded and tracing():  # symbolic shapes, which the per-signature memo cannot hold
+        _check_varlen_args(q, k, v, cu_seqlens, max_seqlen)
+        config = None
+    else:
+        config = _check_varlen_args_once(q, k, v, cu_seqlens, max_seqlen)
+        if not cu_seqlens.is_cuda:  # free to check: no device sync
+            _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if dispatch_needed(q, k, v):
+    if recorded:
         return _varlen_op(q, k, v, cu_seqlens, max_seqlen, scale)[0]
-    return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale)[0]
+    return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, config=config)[0]
