@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-from pathlib import Path
 from typing import Iterator
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 

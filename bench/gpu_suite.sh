@@ -67,11 +67,13 @@ KERNEL_TESTS="tests/test_backend.py tests/test_fused_attention.py tests/test_var
   tests/test_token_composition.py tests/test_model_triton.py tests/test_throughput.py
   tests/test_host_sync.py tests/test_determinism.py tests/test_cuda_graphs.py tests/test_attention_score.py
   tests/test_attention_tiles.py tests/test_torch_library.py"
+# the project's pytest options name plugins (pytest-xdist, pytest-benchmark) a GPU image may lack
+PYTEST_OPTS=(-q -p no:cacheprovider -o "addopts=-ra")
 PARALLEL=""
 "$PYTHON" -c "import xdist" 2>/dev/null && PARALLEL="-n 8"
 # shellcheck disable=SC2086
-step pytest "${SUITE_PYTEST_S:-100}" "$PYTHON" -m pytest -q -p no:cacheprovider $PARALLEL $KERNEL_TESTS
-step gpu_tests "${SUITE_GPU_TESTS_S:-50}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
+step pytest "${SUITE_PYTEST_S:-100}" "$PYTHON" -m pytest "${PYTEST_OPTS[@]}" $PARALLEL $KERNEL_TESTS
+step gpu_tests "${SUITE_GPU_TESTS_S:-50}" "$PYTHON" -m pytest "${PYTEST_OPTS[@]}" -rs tests/test_gpu.py
 step gpu_checks "${SUITE_CHECKS_S:-40}" "$PYTHON" bench/gpu_checks.py
 for script in bench_attention bench_composition; do
   step "$script" "${SUITE_KERNELS_S:-45}" "$PYTHON" "bench/$script.py"

@@ -18,8 +18,10 @@ PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$DIR"
 
-# Pure-Python packages (any Python): fvcore and its needs that such images lack.
-"$PYTHON" -m pip wheel -q --no-deps -w "$DIR" fvcore==0.1.5.post20221221 iopath==0.1.10 yacs termcolor
+# Pure-Python packages (any Python): fvcore and its needs that such images lack; pytest-xdist (with
+# execnet) to run the GPU suite's tests in parallel.
+"$PYTHON" -m pip wheel -q --no-deps -w "$DIR" fvcore==0.1.5.post20221221 iopath==0.1.10 yacs termcolor \
+  pytest-xdist execnet
 # pycocotools is compiled: the manylinux wheel for the machine's Python.
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

@@ -6,12 +6,12 @@ Shared by the three Triton ops and by the backend switch; imports neither (a lea
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
 import importlib.metadata
 import importlib.util
 import os
 import re
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 import torch
 

@@ -17,6 +17,12 @@ if not torch.cuda.is_available():
     assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist runs one worker process per core (pyproject.toml): torch threads beyond a worker's share
+# of the cores would spin against the other workers
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 settings.register_profile(
     "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -27,6 +27,7 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 
 def model_row(name: str, decoder: str) -> str:
     """One table row: our counts of `name` (with ViTPose's `decoder`) beside the released and paper figures."""
+    # the published tables differ by family: SHaRPose's has an early-exit column, ViTPose's a decoder choice
     is_sharpose = name.startswith("sharpose")
     model = sharpose.create_model(name, **({} if is_sharpose else {"decoder": decoder}))
     if is_sharpose:
