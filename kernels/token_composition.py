@@ -58,7 +58,7 @@ import triton.language as tl
 
 from torch import Tensor
 
-from kernels.device import cdiv, check_kernel_device, device_guard, interpreter_enabled
+from kernels.device import CheckedSignatures, cdiv, check_kernel_device, device_guard, interpreter_enabled
 from kernels.library import KernelOp, dispatch_needed, tracing
 from kernels.reference import _check_compose_args, _check_compose_values, _padded_args
 
@@ -300,6 +300,32 @@ def composition_config(dim: int, dtype: torch.dtype, interpreter: bool | None = 
     )
 
 
+# (K, D, R, N_c, S_p, max_seqlen) and the tiles of the calls that passed `_check_compose_args`.
+_CHECKED: CheckedSignatures[tuple] = CheckedSignatures("compose_tokens")
+
+
+def _check_and_configure(keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid,
+                         max_seqlen):
+    K, D, R, N_c, S_p, max_seqlen = _check_compose_args(
+        keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen
+    )
+    check_kernel_device(keypoint_tokens.device, "compose_tokens", keypoint_tokens.dtype)
+    if R > 2**31 - 1:
+        raise ValueError(f"too many samples ({R}) for one launch")
+    return K, D, R, N_c, S_p, max_seqlen, composition_config(D, keypoint_tokens.dtype)
+
+
+def _check_compose_args_once(*args):
+    coarse_grid, max_seqlen = args[7:]
+    try:  # max_seqlen's type too (True == 1); a list coarse_grid as a tuple
+        signature = tuple((t.shape, t.dtype, t.device) for t in args[:7]) + (
+            type(max_seqlen), max_seqlen, type(coarse_grid), tuple(coarse_grid))
+        hash(signature)
+    except (AttributeError, TypeError):  # not tensors, or not a grid: the checks say which
+        return _check_and_configure(*args)
+    return _CHECKED.get(signature, _check_and_configure, *args)
+
+
 def _channels_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The kernels index channels with unit stride; rows may have any stride."""
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
@@ -528,19 +554,18 @@ def compose_tokens(
     Shapes, dtypes and devices are checked without reading any tensor on the GPU; a max_seqlen
     below the true longest sequence leaves that sequence's tail unwritten.
     """
-    K, D, R, N_c, S_p, max_seqlen = _check_compose_args(
-        keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen
-    )
-    device = keypoint_tokens.device
-    check_kernel_device(device, "compose_tokens", keypoint_tokens.dtype)
-    if device.type != "cuda" and not tracing():
-        _check_compose_values(order, cu_seqlens, K, N_c, S_p, max_seqlen)  # free on the CPU
-    if R > 2**31 - 1:
-        raise ValueError(f"too many samples ({R}) for one launch")
-    tokens = (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed)
-    if dispatch_needed(*tokens):
+    args = (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen)
+    tokens = args[:5]
+    recorded = dispatch_needed(*tokens)  # autograd or a trace records the call (kernels.library.KernelOp)
+    if recorded and tracing():  # symbolic shapes, which the per-signature memo cannot hold
+        K, D, R, N_c, S_p, max_seqlen, config = _check_and_configure(*args)
+    else:
+        K, D, R, N_c, S_p, max_seqlen, config = _check_compose_args_once(*args)
+        if not keypoint_tokens.is_cuda:  # free to check: no device sync
+            _check_compose_values(order, cu_seqlens, K, N_c, S_p, max_seqlen)
+    if recorded:
         return _compose_op(*tokens, order, cu_seqlens, list(coarse_grid), max_seqlen)
-    return compose_tokens_forward(*tokens, order, cu_seqlens, coarse_grid, max_seqlen)
+    return compose_tokens_forward(*tokens, order, cu_seqlens, coarse_grid, max_seqlen, config=config)
 
 
 def compose_tokens_padded(

@@ -216,16 +216,12 @@ def _varlen_attn_bwd_dq(
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_tensors(**tensors) -> None:
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-
-
 def _check_varlen_args(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
 ) -> None:
-    _check_tensors(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"q, k, v must be packed (T, H, d) tensors, got shapes {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -278,11 +274,12 @@ def _check_and_configure(q, k, v, cu_seqlens, max_seqlen) -> AttentionConfig:
 
 
 def _check_varlen_args_once(q, k, v, cu_seqlens, max_seqlen) -> AttentionConfig:
-    _check_tensors(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
-    # max_seqlen's type too: True == 1; the fp32 dot precision is a global PyTorch setting
-    signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-                 cu_seqlens.shape, cu_seqlens.dtype, cu_seqlens.device, type(max_seqlen), max_seqlen,
-                 torch.get_float32_matmul_precision())
+    try:  # max_seqlen's type too (True == 1); the fp32 dot precision is a global PyTorch setting
+        signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+                     cu_seqlens.shape, cu_seqlens.dtype, cu_seqlens.device, type(max_seqlen), max_seqlen,
+                     torch.get_float32_matmul_precision())
+    except AttributeError:  # not tensors: the checks say which
+        return _check_and_configure(q, k, v, cu_seqlens, max_seqlen)
     return _CHECKED.get(signature, _check_and_configure, q, k, v, cu_seqlens, max_seqlen)
 
 

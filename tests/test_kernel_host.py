@@ -4,6 +4,7 @@ and a clear refusal of bf16 under the interpreter."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import subprocess
 import sys
@@ -205,3 +206,27 @@ def test_varlen_checks_remembered_per_signature_still_catch_what_changed(monkeyp
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(RuntimeError, match="varlen_attention \\(Triton\\) got tensors on cpu"):
             kernels.varlen_attention(q, q, q, cu_seqlens, 5)
+
+
+@pytest.mark.skipif(CUDA, reason="switches the interpreter off for CPU tensors")
+def test_compose_checks_remembered_per_signature_still_catch_what_changed(monkeypatch):
+    """`compose_tokens` too: after a good call, another grid, a grid that is no pair of ints, a
+    max_seqlen of another type and the interpreter switch are each caught with their own message."""
+    K, (hc, wc), D = 3, (2, 3), 8
+    tokens = [torch.randn(*shape) for shape in ((K, D), (4, D), (4 * hc * wc, D), (1, D), (1, hc * wc, D))]
+    order = torch.arange(hc * wc)[None]
+    cu_seqlens = torch.tensor([0, K + hc * wc + 3], dtype=torch.int32)
+    call = functools.partial(kernels.compose_tokens, *tokens, order, cu_seqlens)
+    with torch.no_grad():
+        call((hc, wc), 12)
+        with pytest.raises(ValueError, match="coarse_embed has 6 patches per sample but coarse_grid"):
+            call((3, 3), 12)
+        with pytest.raises(ValueError, match="coarse_grid must be two positive ints"):
+            call(None, 12)
+        with pytest.raises(ValueError, match="coarse_grid must be two positive ints"):
+            call(([2], [3]), 12)
+        with pytest.raises(TypeError, match="max_seqlen must be a python int"):
+            call((hc, wc), 12.0)
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="compose_tokens \\(Triton\\) got tensors on cpu"):
+            call((hc, wc), 12)
