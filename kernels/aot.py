@@ -6,8 +6,10 @@ shipped inside the triton wheel), so register pressure, spills and shared memory
 can be read without a device:
 
 - registers, stack and local memory per thread: `cuobjdump --dump-resource-usage` on the cubin;
-- spill stores / loads (bytes): the local-memory stores / loads (STL / LDL) in the cubin's SASS
-  (`cuobjdump -sass`); Triton kernels keep no arrays in local memory, so these are the spills;
+- spill stores / loads (bytes): what ptxas reports (`-v`, which triton passes; its log is printed
+  with TRITON_DUMP_PTXAS_LOG=1). When triton takes the cubin from its cache, ptxas does not run:
+  then the local-memory stores / loads (STL / LDL) in the cubin's SASS (`cuobjdump -sass`, as long
+  as the compilation itself); Triton kernels keep no arrays in local memory, so these are the spills;
 - shared memory: what Triton launches the kernel with (dynamic shared memory, `metadata.shared`),
   plus any static shared memory cuobjdump reports.
 
@@ -29,6 +31,8 @@ prints the measurements as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -163,6 +167,17 @@ def _sass_spills(sass: str) -> dict[str, int]:
     return {"spill_stores": totals["STL"], "spill_loads": totals["LDL"]}
 
 
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _ptxas_spills(log: str) -> dict[str, int] | None:
+    """Spill bytes from ptxas's -v log (summed over its functions), or None when there is no log."""
+    found = _PTXAS_SPILLS.findall(log)
+    if not found:
+        return None
+    return {"spill_stores": sum(int(st) for st, _ in found), "spill_loads": sum(int(ld) for _, ld in found)}
+
+
 def compile_spec(spec: KernelSpec):
     """Compile one spec for its CUDA capability; returns triton's CompiledKernel."""
     import importlib
@@ -180,7 +195,7 @@ def compile_spec(spec: KernelSpec):
 
 def measure_spec(spec: KernelSpec) -> dict[str, Any]:
     """Compile one spec and read its resource usage: registers, spills, shared memory."""
-    compiled = compile_spec(spec)
+    compiled, ptxas_log = _compile_with_ptxas_log(spec)
     cuobjdump = find_tool("cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
@@ -188,9 +203,11 @@ def measure_spec(spec: KernelSpec) -> dict[str, Any]:
         usage_text = subprocess.run(
             [cuobjdump, "--dump-resource-usage", str(cubin)], check=True, capture_output=True, text=True
         ).stdout
-        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
+        spills = _ptxas_spills(ptxas_log)
+        if spills is None:  # from triton's cache: no ptxas run to report them
+            sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
+            spills = _sass_spills(sass)
     usage = _parse_resource_usage(usage_text, compiled.metadata.name)
-    spills = _sass_spills(sass)
     ptx = compiled.asm["ptx"]
     return {
         **spec.label,
@@ -208,6 +225,22 @@ def measure_spec(spec: KernelSpec) -> dict[str, Any]:
         "ctas_per_sm": ctas_per_sm(spec.capability, usage["REG"], spec.num_warps,
                                    int(compiled.metadata.shared) + usage["SHARED"]),
     }
+
+
+def _compile_with_ptxas_log(spec: KernelSpec):
+    """(compiled kernel, the log ptxas printed while building it: empty when it did not run)."""
+    log = io.StringIO()
+    previous = os.environ.get("TRITON_DUMP_PTXAS_LOG")
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = compile_spec(spec)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_DUMP_PTXAS_LOG"]
+        else:
+            os.environ["TRITON_DUMP_PTXAS_LOG"] = previous
+    return compiled, log.getvalue()
 
 
 _REGISTERS_PER_SM = 65536

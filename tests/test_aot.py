@@ -151,6 +151,50 @@ def test_sass_spill_parser():
     assert _sass_spills(sass) == {"spill_stores": 12, "spill_loads": 16}
 
 
+SPILL_CROSS_CHECK = """
+import json, subprocess, sys, tempfile
+from pathlib import Path
+from kernels.aot import KernelSpec, _compile_with_ptxas_log, _ptxas_spills, _sass_spills, find_tool
+
+specs = [KernelSpec(**d) for d in json.loads(sys.argv[1])]
+found = []
+for spec in specs:
+    compiled, log = _compile_with_ptxas_log(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([find_tool("cuobjdump"), "-sass", str(cubin)], check=True, capture_output=True,
+                              text=True).stdout
+    found.append([_ptxas_spills(log), _sass_spills(sass)])
+print(json.dumps(found))
+"""
+
+
+def test_ptxas_spill_report_equals_the_sass_count(tmp_path):
+    """Spills are read from ptxas's own report; the SASS count (used when triton's cache skips ptxas)
+    gives the same bytes, on a kernel that spills and on one that does not."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from kernels.fused_attention import _attn_fwd
+
+    spilling = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 32, "BLOCK_N": 32, "HAS_SCORE": False,
+                "ONE_KEY_TILE": False, "DOT_PRECISION": "ieee"}
+    specs = [KernelSpec("_attn_fwd", "kernels.fused_attention", *kernel_signature(_attn_fwd, "fp32", spilling),
+                        4, 1, 80)]
+    specs += attention_kernel_specs((90,), (64,), ("float16",), seq_lens=(66,))[:1]
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    run = subprocess.run([sys.executable, "-c", SPILL_CROSS_CHECK, json.dumps([asdict(s) for s in specs])],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (ptxas_spilling, sass_spilling), (ptxas_clean, sass_clean) = json.loads(run.stdout.strip().splitlines()[-1])
+    assert ptxas_spilling == sass_spilling and ptxas_spilling["spill_stores"] > 0, (ptxas_spilling, sass_spilling)
+    assert ptxas_clean == sass_clean == {"spill_stores": 0, "spill_loads": 0}
+
+
 # ------------------------------------------------------------------------------------------------
 # Tiles per sequence length (the one-key-tile forward of the coarse stage) and fp32 on tensor cores
 # ------------------------------------------------------------------------------------------------
