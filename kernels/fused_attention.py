@@ -61,7 +61,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.device import KERNEL_DTYPES, CheckedSignatures, cdiv, check_kernel_device, device_guard
-from kernels.library import KernelOp, dispatch_needed, tracing
+from kernels.library import LAUNCH, TRACED, KernelOp, call_path
 from kernels.reference import _check_score_args
 
 __all__ = [
@@ -898,16 +898,16 @@ def attention(
     (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) tensor laid out as a
     contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
     """
-    recorded = dispatch_needed(q, k, v)  # autograd or a trace records the call (kernels.library.KernelOp)
-    if recorded and tracing():  # symbolic shapes, which the per-signature memo cannot hold
+    path = call_path(q, k, v)
+    if path == TRACED:  # symbolic shapes, which the per-signature memo cannot hold
         (rows, cols), config = _check_args(q, k, v, score, score_rows, score_cols), None
     else:
         rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not recorded:
+    if path == LAUNCH:
         return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]
     if score is None:
-        return _attention_op(q, k, v, scale)[0]
-    out, _, updated = _attention_score_op(q, k, v, scale, score, *rows, *cols, float(score_weight))
+        return _attention_op.run(path, q, k, v, scale)[0]
+    out, _, updated = _attention_score_op.run(path, q, k, v, scale, score, *rows, *cols, float(score_weight))
     score.copy_(updated)
     return out

@@ -8,9 +8,9 @@ tensors when the kernels are interpreted (TRITON_INTERPRET=1), which the CPU tes
 
 Going through the dispatcher costs tens of microseconds of Python per call, about as long as a
 small attention kernel runs on a GPU, and several times that with an autograd formula. So a
-`KernelOp` takes the registered op only when a trace records the call (`tracing`); in eager mode
-it runs the same forward, context and backward functions as a `torch.autograd.Function` when an
-input needs a gradient, and the plain implementation otherwise.
+`KernelOp` takes the registered op only when a trace records the call; in eager mode it runs the
+same forward, context and backward functions as a `torch.autograd.Function` when an input needs a
+gradient, and the plain implementation otherwise (`call_path` says which).
 """
 from __future__ import annotations
 
@@ -33,14 +33,22 @@ def tracing() -> bool:
     )
 
 
-def dispatch_needed(*tensors: torch.Tensor) -> bool:
-    """True when a call must go through the registered op: autograd has to record it (an input
-    requires grad) or a trace does; else the launcher can run directly."""
+# How a call of a Triton op runs (`call_path`)
+LAUNCH = "launch"  # nothing records it: the launcher directly
+AUTOGRAD = "autograd"  # eager, an input needs a gradient: a torch.autograd.Function
+TRACED = "traced"  # a trace records it: the registered op
+
+
+def call_path(*inputs: object) -> str:
+    """LAUNCH, AUTOGRAD or TRACED for a call on `inputs` (those that are not tensors, which the op's
+    checks then name, need no gradient)."""
+    if tracing():
+        return TRACED
     if torch.is_grad_enabled():
-        for t in tensors:
-            if t.requires_grad:
-                return True
-    return tracing()
+        for t in inputs:
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                return AUTOGRAD
+    return LAUNCH
 
 
 class KernelOp:
@@ -72,12 +80,14 @@ class KernelOp:
         self.function = None if backward is None else _autograd_function(name, impl, backward, setup_context)
 
     def __call__(self, *args):
-        if tracing():
+        return self.run(call_path(*args), *args)
+
+    def run(self, path: str, *args):
+        """Run on the path (`call_path`) the caller has already chosen."""
+        if path == TRACED:
             return self.registered(*args)
-        if self.function is not None and torch.is_grad_enabled():
-            for arg in args:
-                if isinstance(arg, torch.Tensor) and arg.requires_grad:
-                    return self.function.apply(*args)
+        if path == AUTOGRAD and self.function is not None:
+            return self.function.apply(*args)
         return self.impl(*args)
 
 

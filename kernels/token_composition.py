@@ -59,7 +59,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.device import CheckedSignatures, cdiv, check_kernel_device, device_guard, interpreter_enabled
-from kernels.library import KernelOp, dispatch_needed, tracing
+from kernels.library import LAUNCH, TRACED, KernelOp, call_path
 from kernels.reference import _check_compose_args, _check_compose_values, _padded_args
 
 __all__ = [
@@ -556,16 +556,16 @@ def compose_tokens(
     """
     args = (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order, cu_seqlens, coarse_grid, max_seqlen)
     tokens = args[:5]
-    recorded = dispatch_needed(*tokens)  # autograd or a trace records the call (kernels.library.KernelOp)
-    if recorded and tracing():  # symbolic shapes, which the per-signature memo cannot hold
+    path = call_path(*tokens)
+    if path == TRACED:  # symbolic shapes, which the per-signature memo cannot hold
         K, D, R, N_c, S_p, max_seqlen, config = _check_and_configure(*args)
     else:
         K, D, R, N_c, S_p, max_seqlen, config = _check_compose_args_once(*args)
         if not keypoint_tokens.is_cuda:  # free to check: no device sync
             _check_compose_values(order, cu_seqlens, K, N_c, S_p, max_seqlen)
-    if recorded:
-        return _compose_op(*tokens, order, cu_seqlens, list(coarse_grid), max_seqlen)
-    return compose_tokens_forward(*tokens, order, cu_seqlens, coarse_grid, max_seqlen, config=config)
+    if path == LAUNCH:
+        return compose_tokens_forward(*tokens, order, cu_seqlens, coarse_grid, max_seqlen, config=config)
+    return _compose_op.run(path, *tokens, order, cu_seqlens, list(coarse_grid), max_seqlen)
 
 
 def compose_tokens_padded(

@@ -58,7 +58,7 @@ from kernels.fused_attention import (
     attn_bwd_dq_tile,
     attn_fwd_tile,
 )
-from kernels.library import KernelOp, dispatch_needed, tracing
+from kernels.library import LAUNCH, TRACED, KernelOp, call_path
 
 __all__ = [
     "varlen_attention",
@@ -475,8 +475,8 @@ def varlen_attention(
     and devices are checked without a device sync; the values of cu_seqlens only on the CPU
     (outside a trace, where they can be read).
     """
-    recorded = dispatch_needed(q, k, v)  # autograd or a trace records the call (kernels.library.KernelOp)
-    if recorded and tracing():  # symbolic shapes, which the per-signature memo cannot hold
+    path = call_path(q, k, v)
+    if path == TRACED:  # symbolic shapes, which the per-signature memo cannot hold
         _check_varlen_args(q, k, v, cu_seqlens, max_seqlen)
         config = None
     else:
@@ -484,6 +484,6 @@ def varlen_attention(
         if not cu_seqlens.is_cuda:  # free to check: no device sync
             _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if recorded:
-        return _varlen_op(q, k, v, cu_seqlens, max_seqlen, scale)[0]
-    return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, config=config)[0]
+    if path == LAUNCH:
+        return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, config=config)[0]
+    return _varlen_op.run(path, q, k, v, cu_seqlens, max_seqlen, scale)[0]

@@ -230,3 +230,15 @@ def test_compose_checks_remembered_per_signature_still_catch_what_changed(monkey
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(RuntimeError, match="compose_tokens \\(Triton\\) got tensors on cpu"):
             call((hc, wc), 12)
+
+
+def test_a_non_tensor_input_is_named_with_gradients_enabled():
+    """Choosing the call's path (launch, autograd, trace) reads only tensors: the op's own checks
+    name the argument that is not one."""
+    q = torch.randn(4, 2, 16, requires_grad=True)
+    cu_seqlens = torch.tensor([0, 4], dtype=torch.int32)
+    assert torch.is_grad_enabled()
+    with pytest.raises(TypeError, match="^q must be a torch.Tensor, got NoneType$"):
+        kernels.varlen_attention(None, q, q, cu_seqlens, 4)
+    with pytest.raises(TypeError, match="^keypoint_tokens must be a torch.Tensor, got list$"):
+        kernels.compose_tokens([1.0], q, q, q, q, q, cu_seqlens, (2, 3), 10)
