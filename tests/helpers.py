@@ -89,6 +89,20 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, w
     assert_close(actual, expected, rel * max_abs(expected), what or "values")
 
 
+def lse_recompute_bound(logits: torch.Tensor, magnitude: float) -> float:
+    """Error a gradient gains when its softmax probabilities are recomputed from the stored
+    log-sum-exp in the log2 domain, p = 2^(t - lse2) with t = logit * log2(e), as the kernels'
+    backward does (PyTorch's backward reuses the forward's probabilities). Rounding t (product and
+    scale constant), lse2 and their difference, in float32 whatever the inputs' dtype, moves the
+    exponent by at most u (3 max|t| + 2 max|lse2|), each probability relatively by ln 2 times that,
+    and a gradient built from them by that times its `magnitude`."""
+    if logits.numel() == 0:
+        return 0.0
+    t = max_abs(logits) / math.log(2)
+    lse2 = t + math.log2(logits.shape[-1])
+    return math.log(2) * unit_roundoff(torch.float32) * (3 * t + 2 * lse2) * magnitude
+
+
 def assert_as_accurate_as_torch(
     actual: torch.Tensor,
     exact: torch.Tensor,
@@ -97,6 +111,7 @@ def assert_as_accurate_as_torch(
     factor: float = 2.0,
     reorder: float = 0.0,
     magnitude: float | None = None,
+    recompute: float = 0.0,
 ) -> None:
     """FlashAttention's criterion: |actual - exact| <= factor * |torch_result - exact| + floor, where
     `exact` is the computation in float64 and `torch_result` the same computation by PyTorch
@@ -104,12 +119,13 @@ def assert_as_accurate_as_torch(
     `reorder` adds the bound of a reduction the kernel does in another order than PyTorch
     (`summation_bound`), where that, not rounding to the dtype, dominates. `magnitude` replaces
     max|exact| in the floor where the result is a cancellation of larger terms (a gradient that
-    vanishes exactly while its terms do not)."""
+    vanishes exactly while its terms do not). `recompute` adds the error of recomputing the
+    probabilities from the log-sum-exp (`lse_recompute_bound`), which PyTorch's backward does not do."""
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
     assert actual.shape == exact.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(exact.shape)}"
     ours, theirs = max_abs_error(actual, exact), max_abs_error(torch_result, exact)
     floor = FLOOR_ULPS * 2 * unit_roundoff(actual.dtype) * (max_abs(exact) if magnitude is None else magnitude)
-    bound = factor * theirs + floor + reorder
+    bound = factor * theirs + floor + reorder + recompute
     assert ours <= bound, (
         f"{what}: error {ours:.3g} vs the float64 result exceeds {factor} x PyTorch's "
         f"own {actual.dtype} error {theirs:.3g} + floor {floor:.3g} (|exact| <= {max_abs(exact):.3g})"
