@@ -55,16 +55,16 @@ def count_interpreter_work() -> Iterator[dict[str, int]]:
 
 
 def attention_work(n: int, with_score: bool, dtype: torch.dtype = torch.float16, batch: int = 1) -> dict[str, int]:
-    """Counted work of one `kernels.attention` forward at the coarse stage's score ranges."""
-    from kernels.fused_attention import attention
+    """Counted work of one `kernels.attention` forward, or `kernels.attention_with_score` at the
+    coarse stage's score ranges."""
+    from kernels.fused_attention import attention, attention_with_score
 
     q, k, v = torch.randn(3, batch, NUM_HEADS, n, HEAD_DIM).to(dtype).unbind(0)
-    kwargs = {}
-    if with_score:
-        score = torch.zeros(batch, n - FIRST_PATCH)
-        kwargs = dict(score=score, score_rows=SCORE_ROWS, score_cols=(FIRST_PATCH, n))
     with count_interpreter_work() as counts:
-        attention(q, k, v, **kwargs)
+        if with_score:
+            attention_with_score(q, k, v, SCORE_ROWS, (FIRST_PATCH, n))
+        else:
+            attention(q, k, v)
     return counts
 
 

@@ -90,22 +90,21 @@ def _timer_cpu(fn, backward, x, repeat=5):
 
 
 def bench_cuda(batches, head_dims, dtype, backward):
-    from kernels.fused_attention import attention
+    from kernels.fused_attention import attention, attention_with_score
 
     rows = []
     for B in batches:
         for d in head_dims:
             for N, with_score in COARSE + FINE:
                 x, q, k, v = _make_inputs(B, N, d, dtype, "cuda", backward)
-                score = torch.zeros(B, N - 18, device="cuda")
-                kw = dict(score=score, score_rows=(1, 17), score_cols=(18, N), score_weight=0.01)
+                scored = (q, k, v, (1, 17), (18, N))
                 r = {"B": B, "N": N, "d": d, "stage": "coarse" if with_score else "fine"}
                 r["ours"] = _timer_cuda(lambda: attention(q, k, v), backward, x)
                 with _sdpa_context():
                     r["sdpa"] = _timer_cuda(lambda: F.scaled_dot_product_attention(q, k, v), backward, x)
                 if with_score:
-                    r["ours+score"] = _timer_cuda(lambda: attention(q, k, v, **kw), backward, x)
-                    r["explicit+score"] = _timer_cuda(lambda: reference.attention(q, k, v, **kw), backward, x)
+                    r["ours+score"] = _timer_cuda(lambda: attention_with_score(*scored)[0], backward, x)
+                    r["explicit+score"] = _timer_cuda(lambda: reference.attention_with_score(*scored)[0], backward, x)
                 rows.append(r)
     return rows
 
@@ -116,12 +115,11 @@ def bench_cpu(batches, head_dims, backward):
         for d in head_dims:
             for N, with_score in COARSE + FINE:
                 x, q, k, v = _make_inputs(B, N, d, torch.float32, "cpu", backward)
-                score = torch.zeros(B, N - 18)
-                kw = dict(score=score, score_rows=(1, 17), score_cols=(18, N), score_weight=0.01)
                 r = {"B": B, "N": N, "d": d, "stage": "coarse" if with_score else "fine"}
                 r["sdpa"] = _timer_cpu(lambda: F.scaled_dot_product_attention(q, k, v), backward, x)
                 if with_score:
-                    r["explicit+score"] = _timer_cpu(lambda: reference.attention(q, k, v, **kw), backward, x)
+                    r["explicit+score"] = _timer_cpu(
+                        lambda: reference.attention_with_score(q, k, v, (1, 17), (18, N))[0], backward, x)
                 rows.append(r)
     return rows
 

@@ -75,7 +75,6 @@ def cases() -> dict[str, Callable[[], object]]:
     K, N_c, k = 17, 48, 20
     qkv = torch.randn(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # the model's strided views
     q, k_, v = qkv.unbind(0)
-    score = torch.zeros(B, N_c)
     q_grad = q.detach().clone().requires_grad_()
 
     L = K + N_c + 3 * k
@@ -92,8 +91,8 @@ def cases() -> dict[str, Callable[[], object]]:
 
     return {
         "attention, no grad": lambda: kernels.attention(q, k_, v),
-        "attention + score, no grad": lambda: kernels.attention(
-            q, k_, v, score=score, score_rows=(1, K), score_cols=(1 + K, 1 + K + N_c), score_weight=0.5),
+        "attention + score, no grad": lambda: kernels.attention_with_score(
+            q, k_, v, (1, K), (1 + K, 1 + K + N_c), score_weight=0.5),
         "attention, q requires grad (forward)": lambda: kernels.attention(q_grad, k_, v),
         "varlen_attention, no grad": lambda: kernels.varlen_attention(pq, pk, pv, cu_seqlens, L),
         "compose_tokens, no grad": lambda: kernels.compose_tokens(

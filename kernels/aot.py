@@ -301,7 +301,7 @@ def measure_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
 # ----------------------------------------------------------------------------------------------
 
 # Pointers end in `_ptr`. Scalars that are floats:
-_FLOAT_ARGS = frozenset({"qk_scale", "sm_scale"})
+_FLOAT_ARGS = frozenset({"qk_scale", "sm_scale", "score_scale"})
 # Strides equal to 1 at run time (the contiguous head dim of q, k, v, out and their gradients; the
 # contiguous score row): triton turns them into the constant 1, so the AOT build does the same.
 _UNIT_STRIDES = frozenset({
@@ -309,13 +309,13 @@ _UNIT_STRIDES = frozenset({
     "stride_score_c",
 })
 # Run-time ints the model does not make multiples of 16: lengths, counts, score bounds, and the
-# strides of buffers sized by them (float32 log-sum-exp, delta and score partials; the (R, N_c)
+# strides of buffers sized by them (float32 log-sum-exp, delta and score term; the (R, N_c)
 # patch order, N_c = 108 at 384 x 288).
 _PLAIN_INTS = frozenset({
     "seq_len_q", "seq_len_k", "num_tokens", "num_keypoints", "num_patches", "num_samples",
-    "score_row_start", "score_row_end", "score_col_start", "score_col_end",
+    "score_row_start", "score_row_end", "score_col_start", "score_col_end", "num_score_slots",
     "stride_lse_b", "stride_lse_h", "stride_delta_b", "stride_delta_h",
-    "stride_score_b", "stride_score_h", "stride_score_blk", "stride_order",
+    "stride_score_b", "stride_score_h", "stride_score_slot", "stride_order",
 })
 
 
@@ -389,7 +389,7 @@ def fp32_precisions(dtype: str, precisions=("ieee", "tf32")) -> tuple[str, ...]:
 
 _ATTN_MODULE = "kernels.fused_attention"
 _VARLEN_MODULE = "kernels.varlen_fused_attention"
-# float32 buffers (log-sum-exp, delta, score partials) and int32 sequence offsets
+# float32 buffers (log-sum-exp, delta, score term) and int32 sequence offsets
 _ATTN_POINTER_TYPES = {"lse_ptr": "fp32", "delta_ptr": "fp32", "score_ptr": "fp32", "cu_seqlens_ptr": "i32"}
 
 

@@ -1,9 +1,9 @@
-"""Fused softmax attention with keypoint-attention EMA accumulation (Triton), forward and backward.
+"""Fused softmax attention with the keypoint-attention score (Triton), forward and backward.
 
 One file, Liger-Kernel style: the Triton kernels, the launchers, their registration as PyTorch
-ops (`torch.ops.sharpose.attention`, `attention_score`, `attention_backward`, see
-kernels/library.py) and the functional entry point `attention`, whose signature is that of
-`kernels.reference.attention` (the oracle the tests compare against).
+ops (`torch.ops.sharpose.attention`, `attention_with_score`, `attention_backward`, see
+kernels/library.py) and the functional entry points `attention` and `attention_with_score`,
+whose signatures are those of `kernels.reference` (the oracles the tests compare against).
 
 Forward (FlashAttention-style, the N x N matrix never exists in memory)
     Each program owns BLOCK_M query rows of one (sequence, head) and streams the keys and
@@ -13,7 +13,7 @@ Forward (FlashAttention-style, the N x N matrix never exists in memory)
     `exp2` can be used. The row's log-sum-exp (log2 domain, `m_i + log2(l_i)`) is stored for the
     backward.
 
-Keypoint-attention score (SHaRPose Eq. 6-7, one layer's term)
+Keypoint-attention score (SHaRPose Eq. 6-7, one layer's term; `attention_with_score`)
     The score needs the *normalised* probabilities, which are only known once the whole row has
     been seen. Up to ONE_TILE_MAX_KEYS keys (the coarse stage: N = 66 and 126) the forward takes
     all keys as one tile, so the row max and sum are final while the probabilities are still in
@@ -21,10 +21,11 @@ Keypoint-attention score (SHaRPose Eq. 6-7, one layer's term)
     columns `score_cols`, at the cost of one multiply and one masked column sum per element (no
     extra product, no extra exponential). With more keys, those query blocks run a second pass
     over the score columns after the main loop, recomputing the logits and normalising them with
-    the final (m_i, l_i). Either way each program stores its column sums into its own slot of a
-    (B, H, score blocks, columns) buffer, without atomics, and the launcher adds
-    `score_weight / H` times their sum over heads and blocks, a reduction in one fixed order, into
-    `score[b, :]`: identical inputs give bitwise-identical scores.
+    the final (m_i, l_i). Either way each program stores its weighted column sums into its own
+    slot of the (B, H, slots, columns) term that the call returns (the contract is
+    `kernels.reference.attention_with_score`'s), without atomics and without a reduction on the
+    host: the caller sums the terms of all its layers once, in one fixed order, so identical inputs
+    give bitwise-identical scores.
 
 Backward (FlashAttention-2)
     1. `_attn_bwd_preprocess`: delta_i = sum_d dO_id * O_id (fp32).
@@ -62,10 +63,11 @@ from torch import Tensor
 
 from kernels.device import KERNEL_DTYPES, CheckedSignatures, cdiv, check_kernel_device, device_guard
 from kernels.library import LAUNCH, TRACED, KernelOp, call_path
-from kernels.reference import _check_score_args
+from kernels.reference import _check_score_args, score_slots
 
 __all__ = [
     "attention",
+    "attention_with_score",
     "AttentionConfig",
     "KernelLaunch",
     "attention_config",
@@ -87,6 +89,7 @@ _MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2 (heads, batch)
 # (no recompilation for every N; no separate variants for N % 16 == 0 or N == 1).
 _RUNTIME_INTS = [
     "seq_len_q", "seq_len_k", "score_row_start", "score_row_end", "score_col_start", "score_col_end",
+    "num_score_slots",
 ]
 
 
@@ -97,20 +100,21 @@ _RUNTIME_INTS = [
 
 @triton.jit
 def _score_columns(
-    score_base, stride_score_c, p, inv_l, offs_m, offs_n,
+    score_base, stride_score_c, p, row_scale, offs_m, offs_n,
     score_row_start, score_row_end, score_col_start, score_col_end,
 ):
-    """Store sum over the score rows of p * inv_l, for the score columns among `offs_n`.
+    """Store sum over the score rows of p * row_scale (score_scale / the row sum: the weighted
+    normalised probabilities), for the score columns among `offs_n`.
 
     Lanes outside the score rows and columns are dropped with `tl.where`, never by multiplying
     by 0: `p` may be inf there (a masked key or query loads as 0, a logit of 0 against a row
     maximum far below 0), and inf * 0 = NaN.
     Each column of one (sample, head, query block) is stored by exactly one program, without
-    atomics, so the caller's fixed-order sum over heads and blocks is reproducible bit for bit.
+    atomics, so a fixed-order sum over heads and blocks is reproducible bit for bit.
     """
     row_in = (offs_m >= score_row_start) & (offs_m < score_row_end)
     col_in = (offs_n >= score_col_start) & (offs_n < score_col_end)
-    probs = tl.where(row_in[:, None] & col_in[None, :], p * inv_l[:, None], 0.0)
+    probs = tl.where(row_in[:, None] & col_in[None, :], p * row_scale[:, None], 0.0)
     tl.store(score_base + (offs_n - score_col_start) * stride_score_c, tl.sum(probs, axis=0), mask=col_in)
 
 
@@ -121,6 +125,7 @@ def attn_fwd_tile(
     stride_lse_n, stride_score_c,
     start_m, seq_len_q, seq_len_k,
     qk_scale,  # softmax scale * log2(e)
+    score_scale,  # the layer's score weight / H
     score_row_start, score_row_end, score_col_start, score_col_end,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SCORE: tl.constexpr, ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -159,7 +164,7 @@ def attn_fwd_tile(
         if HAS_SCORE:
             if scored_block:
                 _score_columns(
-                    score_base, stride_score_c, p, 1.0 / l_i, offs_m, offs_n_tile,
+                    score_base, stride_score_c, p, score_scale / l_i, offs_m, offs_n_tile,
                     score_row_start, score_row_end, score_col_start, score_col_end,
                 )
     else:
@@ -203,7 +208,7 @@ def attn_fwd_tile(
         # Several key tiles: the probabilities are only normalisable once the whole row has been
         # seen, so the query blocks holding keypoint rows recompute the score columns' logits.
         if scored_block:
-            inv_l = 1.0 / l_i
+            row_scale = score_scale / l_i
             # Reload the query tile rather than keeping it live across the main loop (fp32 spills).
             q = tl.load(
                 q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
@@ -218,7 +223,7 @@ def attn_fwd_tile(
                 )
                 s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
                 _score_columns(
-                    score_base, stride_score_c, tl.exp2(s - m_i[:, None]), inv_l, offs_m, offs_n,
+                    score_base, stride_score_c, tl.exp2(s - m_i[:, None]), row_scale, offs_m, offs_n,
                     score_row_start, score_row_end, score_col_start, score_col_end,
                 )
 
@@ -341,6 +346,18 @@ def attn_bwd_dq_tile(
 # ----------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _zero_score_slots(
+    score_base, stride_score_slot, stride_score_c, first_slot, num_slots, num_cols, BLOCK_N: tl.constexpr,
+):
+    """Zero the slots first_slot .. num_slots - 1 of one (sample, head) of the score term."""
+    offs = tl.arange(0, BLOCK_N)
+    for start in range(first_slot * num_cols, num_slots * num_cols, BLOCK_N):
+        index = start + offs  # slot-major over the slots' columns
+        tl.store(score_base + (index // num_cols) * stride_score_slot + (index % num_cols) * stride_score_c,
+                 tl.zeros([BLOCK_N], dtype=tl.float32), mask=index < num_slots * num_cols)
+
+
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_fwd(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, score_ptr,
@@ -349,9 +366,9 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_lse_b, stride_lse_h,
-    stride_score_b, stride_score_h, stride_score_blk, stride_score_c,
-    seq_len_q, seq_len_k, qk_scale,
-    score_row_start, score_row_end, score_col_start, score_col_end,
+    stride_score_b, stride_score_h, stride_score_slot, stride_score_c,
+    seq_len_q, seq_len_k, qk_scale, score_scale,
+    score_row_start, score_row_end, score_col_start, score_col_end, num_score_slots,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SCORE: tl.constexpr, ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -359,8 +376,11 @@ def _attn_fwd(
     start_m = block * BLOCK_M
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: B * N * H * d may exceed 2**31
-    # score_ptr: this program's own row of the (B, H, score blocks, columns) partial sums; only
-    # the blocks overlapping the score rows (block >= first_block) ever store through it.
+    # The score term (B, H, num_score_slots, columns): the query blocks first_block .. last_block
+    # overlap the score rows, and block i stores its column sums into slot i - first_block; the
+    # first of them also zeroes the slots no block owns (BLOCK_M >= 16 rows leaves at most
+    # num_score_slots blocks, kernels.reference.score_slots).
+    score_head = score_ptr + batch * stride_score_b + head * stride_score_h
     first_block = score_row_start // BLOCK_M
     attn_fwd_tile(
         q_ptr + batch * stride_qb + head * stride_qh,
@@ -368,13 +388,22 @@ def _attn_fwd(
         v_ptr + batch * stride_vb + head * stride_vh,
         out_ptr + batch * stride_ob + head * stride_oh,
         lse_ptr + batch * stride_lse_b + head * stride_lse_h,
-        score_ptr + batch * stride_score_b + head * stride_score_h + (block - first_block) * stride_score_blk,
+        score_head + (block - first_block) * stride_score_slot,
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
         1, stride_score_c,
-        start_m, seq_len_q, seq_len_k, qk_scale,
+        start_m, seq_len_q, seq_len_k, qk_scale, score_scale,
         score_row_start, score_row_end, score_col_start, score_col_end,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SCORE, ONE_KEY_TILE, DOT_PRECISION,
     )
+    # after the tile: zeroing first makes sm_80's fp32 tf32 d 32 variant spill 8 bytes
+    if HAS_SCORE:
+        tl.static_assert(BLOCK_M >= 16)
+        if block == first_block:
+            _zero_score_slots(
+                score_head, stride_score_slot, stride_score_c,
+                (score_row_end - 1) // BLOCK_M - first_block + 1, num_score_slots,
+                score_col_end - score_col_start, BLOCK_N,
+            )
 
 
 @triton.jit(do_not_specialize=["seq_len_q"])
@@ -643,42 +672,37 @@ def _check_args(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    score: torch.Tensor | None,
     score_rows: tuple[int, int] | None,
     score_cols: tuple[int, int] | None,
+    op: str,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Check the arguments of `attention` and that their device can run the kernel; return the
-    resolved score ranges."""
+    """Check the arguments of `op` (`attention` or `attention_with_score`) and that their device
+    can run the kernel; return the resolved score ranges."""
     _check_qkv(q, k, v)
-    check_kernel_device(q.device, "attention", q.dtype)
-    if score is None:
-        return (0, 0), (0, 0)
-    rows, cols = _check_score_args(q, k, score, score_rows, score_cols)
-    if score.device != q.device:
-        raise ValueError(f"score must be on {q.device}, got {score.device}")
-    return rows, cols
+    check_kernel_device(q.device, op, q.dtype)
+    return _check_score_args(q, k, score_rows, score_cols)
 
 
 # The resolved score ranges and the launch configuration of the calls that passed `_check_args`.
-_CHECKED: CheckedSignatures[tuple[tuple[int, int], tuple[int, int], AttentionConfig]] = CheckedSignatures("attention")
+_CHECKED: dict[str, CheckedSignatures[tuple[tuple[int, int], tuple[int, int], AttentionConfig]]] = {
+    op: CheckedSignatures(op) for op in ("attention", "attention_with_score")
+}
 
 
 def _hashable(bounds: tuple[int, int] | None) -> tuple | None:
     return bounds if bounds is None or type(bounds) is tuple else tuple(bounds)
 
 
-def _check_and_configure(q, k, v, score, score_rows, score_cols):
-    rows, cols = _check_args(q, k, v, score, score_rows, score_cols)
+def _check_and_configure(q, k, v, score_rows, score_cols, op):
+    rows, cols = _check_args(q, k, v, score_rows, score_cols, op)
     return rows, cols, attention_config(q.shape[3], q.dtype, interpreter=not q.is_cuda, seq_len=k.shape[2])
 
 
-def _check_args_once(q, k, v, score, score_rows, score_cols):
+def _check_args_once(q, k, v, score_rows, score_cols, op):
     # the fp32 dot precision follows a global PyTorch setting that may change between calls
     signature = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-                 torch.get_float32_matmul_precision()) + (
-        () if score is None else
-        (score.shape, score.dtype, score.device, _hashable(score_rows), _hashable(score_cols)))
-    return _CHECKED.get(signature, _check_and_configure, q, k, v, score, score_rows, score_cols)
+                 torch.get_float32_matmul_precision(), _hashable(score_rows), _hashable(score_cols))
+    return _CHECKED[op].get(signature, _check_and_configure, q, k, v, score_rows, score_cols, op)
 
 
 def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
@@ -696,20 +720,21 @@ def attention_forward(
     k: torch.Tensor,
     v: torch.Tensor,
     scale: float,
-    score: torch.Tensor | None = None,
-    score_rows: tuple[int, int] = (0, 0),
+    score_rows: tuple[int, int] | None = None,
     score_cols: tuple[int, int] = (0, 0),
     score_weight: float = 1.0,
     *,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    term: torch.Tensor | None = None,
     config: AttentionConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel; returns (out, lse). No argument checks beyond shapes.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel; returns (out, lse, score term). No argument checks beyond shapes.
 
-    `score_rows` / `score_cols` are resolved (start, end) ranges; `score_weight` is the
-    per-layer weight (divided by H here). `out` (B, H, N, d) and `lse` (B, H, N) float32 may be
-    given (any strides, lse with unit stride along N); `config` overrides the block sizes.
+    With `score_rows` (resolved (start, end) ranges, as `score_cols`) the kernel also writes the
+    score term of `kernels.reference.attention_with_score` (None without). `out` (B, H, N, d),
+    `lse` (B, H, N) float32 and `term` may be given (any strides, lse with unit stride along N);
+    `config` overrides the block sizes.
     """
     B, H, Nq, d = q.shape
     Nk = k.shape[2]
@@ -720,37 +745,32 @@ def attention_forward(
         lse = q.new_empty((B, H, Nq), dtype=torch.float32)
     else:
         assert lse.stride(2) == 1 or Nq <= 1, "lse must have unit stride along the sequence"
-    (r0, r1), (c0, c1) = score_rows, score_cols
-    has_score = score is not None and r1 > r0 and c1 > c0
+    (r0, r1), (c0, c1) = score_rows or (0, 0), score_cols
+    has_score = r1 > r0 and c1 > c0
+    if score_rows is None:
+        term = None
+    elif not has_score:  # no rows or no columns: a term of zeros
+        term = q.new_zeros((B, H, score_slots(r1 - r0), c1 - c0), dtype=torch.float32) if term is None else term.zero_()
+    elif term is None:  # the kernel stores every element
+        term = q.new_empty((B, H, score_slots(r1 - r0), c1 - c0), dtype=torch.float32)
     if B == 0 or H == 0 or Nq == 0:
-        return out, lse
-    block_m = cfg.fwd.block_m
-    if has_score:
-        # Column sums per (sample, head, query block holding score rows), each element stored
-        # once by one program (no atomics), then summed below in one fixed order.
-        score_blocks = (r1 - 1) // block_m - r0 // block_m + 1
-        partial = q.new_empty((B, H, score_blocks, c1 - c0), dtype=torch.float32)
-        partial_strides = partial.stride()
-    else:
-        partial, partial_strides = lse, (0, 0, 0, 0)  # any valid pointer; unused without HAS_SCORE
-    grid = (cdiv(Nq, block_m), H, B)
+        return out, lse, term
+    # without the score: any valid pointer, never dereferenced
+    score_ptr, score_strides, num_slots = (term, term.stride(), term.shape[2]) if has_score else (lse, (0,) * 4, 0)
+    grid = (cdiv(Nq, cfg.fwd.block_m), H, B)
     with device_guard(q):
         _attn_fwd[grid](
-            q, k, v, out, lse, partial,
+            q, k, v, out, lse, score_ptr,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             lse.stride(0), lse.stride(1),
-            *partial_strides,
-            Nq, Nk, scale * LOG2E,
-            r0, r1, c0, c1,
-            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=block_m, BLOCK_N=cfg.fwd.block_n,
+            *score_strides,
+            Nq, Nk, scale * LOG2E, float(score_weight) / H,
+            r0, r1, c0, c1, num_slots,
+            HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
             HAS_SCORE=has_score, ONE_KEY_TILE=Nk <= cfg.fwd.block_n, DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages,
         )
-    if has_score:
-        # A reduction over a fixed shape runs in one fixed order on a given device, so identical
-        # inputs give bitwise-identical scores (relaxed atomics would add in arrival order).
-        score.add_(partial.sum(dim=(1, 2)), alpha=float(score_weight) / H)
-    return out, lse
+    return out, lse, term
 
 
 def attention_backward(
@@ -811,14 +831,12 @@ def attention_backward(
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch ops (kernels.library): sharpose::attention, sharpose::attention_score and the backward
+# PyTorch ops (kernels.library): sharpose::attention, sharpose::attention_with_score and the backward
 # ----------------------------------------------------------------------------------------------
-# The ops are functional: the score op returns `score` plus this layer's term as a new tensor,
-# which the public function copies back into the caller's buffer.
 
 
 def _attention_impl(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    return attention_forward(q, k, v, scale)
+    return attention_forward(q, k, v, scale)[:2]
 
 
 def _attention_fake(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -826,17 +844,17 @@ def _attention_fake(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tens
     return _token_major(B, H, N, d, q), q.new_empty((B, H, N), dtype=torch.float32)
 
 
-def _attention_score_impl(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, score: Tensor,
+def _attention_with_score_impl(
+    q: Tensor, k: Tensor, v: Tensor, scale: float,
     row_start: int, row_end: int, col_start: int, col_end: int, score_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    score = score.clone()
-    out, lse = attention_forward(q, k, v, scale, score, (row_start, row_end), (col_start, col_end), score_weight)
-    return out, lse, score
+    return attention_forward(q, k, v, scale, (row_start, row_end), (col_start, col_end), score_weight)
 
 
-def _attention_score_fake(q, k, v, scale, score, row_start, row_end, col_start, col_end, score_weight):
-    return *_attention_fake(q, k, v, scale), torch.empty_like(score)
+def _attention_with_score_fake(q, k, v, scale, row_start, row_end, col_start, col_end, score_weight):
+    B, H = q.shape[:2]
+    term = q.new_empty((B, H, score_slots(row_end - row_start), col_end - col_start), dtype=torch.float32)
+    return *_attention_fake(q, k, v, scale), term
 
 
 def _attention_backward_impl(
@@ -857,7 +875,7 @@ _attention_backward_op = KernelOp("attention_backward", _attention_backward_impl
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, scale = inputs[:4]
     out, lse = output[:2]
-    ctx.mark_non_differentiable(*output[1:])  # the log-sum-exp and the score carry no gradient
+    ctx.mark_non_differentiable(*output[1:])  # the log-sum-exp and the score term carry no gradient
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.scale = scale
     ctx.num_inputs = len(inputs)
@@ -871,43 +889,55 @@ def _backward(ctx, dout, *_):
 
 _attention_op = KernelOp("attention", _attention_impl, _attention_fake,
                           backward=_backward, setup_context=_setup_context)
-_attention_score_op = KernelOp("attention_score", _attention_score_impl, _attention_score_fake,
-                                backward=_backward, setup_context=_setup_context)
+_attention_with_score_op = KernelOp("attention_with_score", _attention_with_score_impl, _attention_with_score_fake,
+                                     backward=_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------
-# The functional entry point
+# The functional entry points
 # ----------------------------------------------------------------------------------------------
 
 
-def attention(
+def _checked(op, q, k, v, path, score_rows=None, score_cols=None):
+    """(score rows, score cols, launch configuration or None) of a call of `op`, after its checks."""
+    if path == TRACED:  # symbolic shapes, which the per-signature memo cannot hold
+        return *_check_args(q, k, v, score_rows, score_cols, op), None
+    return _check_args_once(q, k, v, score_rows, score_cols, op)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """Softmax attention over (B, H, N, d) tensors (Triton), the contract of `kernels.reference.attention`.
+
+    The result is a (B, H, N, d) tensor laid out as a contiguous (B, N, H, d) buffer:
+    `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
+    """
+    path = call_path(q, k, v)
+    _, _, config = _checked("attention", q, k, v, path)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if path == LAUNCH:
+        return attention_forward(q, k, v, scale, config=config)[0]
+    return _attention_op.run(path, q, k, v, scale)[0]
+
+
+def attention_with_score(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    *,
-    scale: float | None = None,
-    score: torch.Tensor | None = None,
     score_rows: tuple[int, int] | None = None,
     score_cols: tuple[int, int] | None = None,
+    *,
+    scale: float | None = None,
     score_weight: float = 1.0,
-) -> torch.Tensor:
-    """Softmax attention over (B, H, N, d) tensors (Triton), same contract as `kernels.reference.attention`.
-
-    With `score`, also adds `score_weight` times the head-mean of the attention probabilities,
-    summed over query rows `score_rows` and restricted to key columns `score_cols`, into the
-    (B, n_cols) float32 `score` (no gradient). The result is a (B, H, N, d) tensor laid out as a
-    contiguous (B, N, H, d) buffer: `out.transpose(1, 2).reshape(B, N, H * d)` copies nothing.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention` and one layer's keypoint-attention score term (Triton): (out, term), with the
+    contract of `kernels.reference.attention_with_score`. The term's slots are the query blocks
+    holding score rows (see `_attn_fwd`); the kernel writes every element, so nothing is reduced
+    or added on the host per call."""
     path = call_path(q, k, v)
-    if path == TRACED:  # symbolic shapes, which the per-signature memo cannot hold
-        (rows, cols), config = _check_args(q, k, v, score, score_rows, score_cols), None
-    else:
-        rows, cols, config = _check_args_once(q, k, v, score, score_rows, score_cols)
+    rows, cols, config = _checked("attention_with_score", q, k, v, path, score_rows, score_cols)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == LAUNCH:
-        return attention_forward(q, k, v, scale, score, rows, cols, float(score_weight), config=config)[0]
-    if score is None:
-        return _attention_op.run(path, q, k, v, scale)[0]
-    out, _, updated = _attention_score_op.run(path, q, k, v, scale, score, *rows, *cols, float(score_weight))
-    score.copy_(updated)
-    return out
+        out, _, term = attention_forward(q, k, v, scale, rows, cols, float(score_weight), config=config)
+        return out, term
+    out, _, term = _attention_with_score_op.run(path, q, k, v, scale, *rows, *cols, float(score_weight))
+    return out, term

@@ -3,6 +3,7 @@ defining the Triton version of each. `kernels.reference` defines all of them in 
 
 TRITON_MODULES = {
     "attention": "kernels.fused_attention",
+    "attention_with_score": "kernels.fused_attention",
     "compose_tokens": "kernels.token_composition",
     "compose_tokens_padded": "kernels.token_composition",
     "varlen_attention": "kernels.varlen_fused_attention",

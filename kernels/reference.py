@@ -8,55 +8,66 @@ import torch
 import torch.nn.functional as F
 
 
+# The query blocks the score rows of one call can fall in, at the smallest block (16 rows) a kernel uses
+SCORE_MIN_BLOCK_ROWS = 16
+
+
+def score_slots(num_rows: int) -> int:
+    """Slots per (sample, head) of a score term over `num_rows` consecutive query rows: the most
+    SCORE_MIN_BLOCK_ROWS-row blocks those rows can touch (see `attention_with_score`)."""
+    return 1 + -(-max(num_rows - 1, 0) // SCORE_MIN_BLOCK_ROWS)
+
+
 def _check_score_args(
     q: torch.Tensor,
     k: torch.Tensor,
-    score: torch.Tensor,
     score_rows: tuple[int, int] | None,
     score_cols: tuple[int, int] | None,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    rows = score_rows if score_rows is not None else (0, q.shape[2])
-    cols = score_cols if score_cols is not None else (0, k.shape[2])
-    if not (0 <= rows[0] <= rows[1] <= q.shape[2]):
-        raise ValueError(f"score_rows={rows} is outside the {q.shape[2]} query rows")
-    if not (0 <= cols[0] <= cols[1] <= k.shape[2]):
-        raise ValueError(f"score_cols={cols} is outside the {k.shape[2]} key columns")
-    expected = (q.shape[0], cols[1] - cols[0])
-    if tuple(score.shape) != expected or score.dtype != torch.float32:
-        raise ValueError(
-            f"score must be a float32 tensor of shape {expected} (batch, score columns), "
-            f"got {score.dtype} {tuple(score.shape)}"
-        )
+    """The (start, end) score ranges, None meaning all query rows / key columns, checked."""
+    rows = (0, q.shape[2]) if score_rows is None else tuple(score_rows)
+    cols = (0, k.shape[2]) if score_cols is None else tuple(score_cols)
+    if len(rows) != 2 or not (0 <= rows[0] <= rows[1] <= q.shape[2]):
+        raise ValueError(f"score_rows={score_rows} must be (start, end) with 0 <= start <= end <= {q.shape[2]} query rows")
+    if len(cols) != 2 or not (0 <= cols[0] <= cols[1] <= k.shape[2]):
+        raise ValueError(f"score_cols={score_cols} must be (start, end) with 0 <= start <= end <= {k.shape[2]} key columns")
     return rows, cols
 
 
-def attention(
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """Softmax attention over (B, H, N, d) tensors."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def attention_with_score(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    *,
-    scale: float | None = None,
-    score: torch.Tensor | None = None,
     score_rows: tuple[int, int] | None = None,
     score_cols: tuple[int, int] | None = None,
+    *,
+    scale: float | None = None,
     score_weight: float = 1.0,
-) -> torch.Tensor:
-    """Softmax attention over (B, H, N, d) tensors.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention`, and one layer's term of the keypoint-attention score (Eq. 6-7): `score_weight`
+    times the head-mean of the attention probabilities, summed over the query rows `score_rows`
+    and restricted to the key columns `score_cols` (None: all of them). Returns (out, term).
 
-    With `score`, also adds `score_weight` times the head-mean of the attention probabilities,
-    summed over query rows `score_rows` and restricted to key columns `score_cols`, into the
-    (B, n_cols) float32 `score` (one layer's term of the keypoint-attention EMA, Eq. 6-7).
+    The term contract (every backend): a float32 (B, H, score_slots(rows), n_cols) tensor of partial
+    sums, carrying no gradient, whose sum over dims 1 and 2 is the (B, n_cols) term. How it spreads
+    over heads and slots is the backend's own (here: the head's whole sum in slot 0). A caller sums
+    the terms of all its layers once, in one fixed order, rather than reducing each layer's.
     """
-    if score is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    (r0, r1), (c0, c1) = _check_score_args(q, k, score, score_rows, score_cols)
+    (r0, r1), (c0, c1) = _check_score_args(q, k, score_rows, score_cols)
+    B, H = q.shape[:2]
+    term = q.new_zeros((B, H, score_slots(r1 - r0), c1 - c0), dtype=torch.float32)
     with torch.no_grad():
         # only the keypoint rows' probabilities are needed: softmax over all keys, then the score columns
         scale_ = q.shape[-1] ** -0.5 if scale is None else scale
         probs = ((q[:, :, r0:r1] @ k.transpose(-2, -1)) * scale_).float().softmax(dim=-1)
-        # Eq. 7, one layer's term: mean over heads, sum over the keypoint rows
-        score += score_weight * probs[..., c0:c1].sum(dim=2).mean(dim=1)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        # Eq. 7, one layer's term: sum over the keypoint rows; the mean over heads is left to the caller's sum
+        term[:, :, 0] = probs[..., c0:c1].sum(dim=2) * (score_weight / H)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale), term
 
 
 def varlen_attention(

@@ -113,7 +113,7 @@ def _varlen_attn_fwd(
         lse,  # score_base: unused without HAS_SCORE
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_ot, stride_od,
         1, 0,
-        start_m, length, length, qk_scale,
+        start_m, length, length, qk_scale, 0.0,
         0, 0, 0, 0,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, ONE_KEY_TILE, DOT_PRECISION,
     )

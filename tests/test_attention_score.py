@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from kernels import reference
-from kernels.fused_attention import AttentionConfig, KernelLaunch, attention, attention_forward
+from kernels.reference import score_slots
+from kernels.fused_attention import AttentionConfig, KernelLaunch, attention_forward, attention_with_score
 
 # Lanes outside the score rows may overflow exp2 to inf under the interpreter before tl.where drops them.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
@@ -46,9 +47,9 @@ def assert_score_matches(ours, q, k, scale, rows, cols, weight):
     the sum over rows and heads adds a few eps more."""
     assert torch.isfinite(ours).all(), f"non-finite score: {ours}"
     truth = score_fp64(q, k, scale, rows, cols, weight)
-    torch32 = torch.zeros_like(ours)
-    reference.attention(q.float(), k.float(), k.float(), scale=scale, score=torch32, score_rows=rows,
-                        score_cols=cols, score_weight=weight)
+    _, term32 = reference.attention_with_score(q.float(), k.float(), k.float(), rows, cols, scale=scale,
+                                               score_weight=weight)
+    torch32 = term32.sum(dim=(1, 2))
     err_torch = (torch32.double() - truth).abs().max().item()
     max_logit = ((q.double() @ k.double().transpose(-2, -1)) * scale).abs().max().item()
     floor = 8 * EPS32 * (1 + max_logit) * max(truth.abs().max().item(), EPS32)
@@ -56,12 +57,13 @@ def assert_score_matches(ours, q, k, scale, rows, cols, weight):
     assert err <= 2 * err_torch + floor, f"score error {err:.3g} > 2 x {err_torch:.3g} + {floor:.3g}"
 
 
-def run_score(q, k, v, rows, cols, weight=0.37, config=None, start=None):
-    """The score increment of one forward (the score starts from `start`, NaN-free non-zero values)."""
-    start = torch.rand(q.shape[0], cols[1] - cols[0], device=q.device) + 0.5 if start is None else start
-    score = start.clone()
-    attention_forward(q, k, v, q.shape[-1] ** -0.5, score, rows, cols, weight, config=config)
-    return score - start
+def run_score(q, k, v, rows, cols, weight=0.37, config=None):
+    """One forward's score term summed over heads and slots, the term poisoned with NaN beforehand
+    (the kernel must store every element, the slots no query block owns included)."""
+    B, H = q.shape[:2]
+    term = torch.full((B, H, score_slots(rows[1] - rows[0]), cols[1] - cols[0]), math.nan, device=q.device)
+    attention_forward(q, k, v, q.shape[-1] ** -0.5, rows, cols, weight, term=term, config=config)
+    return term.sum(dim=(1, 2))
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -74,8 +76,8 @@ def test_row_with_very_negative_maximum_outside_score_rows(device, dtype, path):
     q[..., 0, :] = -6
     q, k, v = (t.to(dtype) for t in (q, k, v))
     rows, cols = (1, 17), (18, 66)
-    delta = run_score(q, k, v, rows, cols, config=PATHS[path])
-    assert_score_matches(delta.cpu(), q.cpu(), k.cpu(), 64 ** -0.5, rows, cols, 0.37)
+    score = run_score(q, k, v, rows, cols, config=PATHS[path])
+    assert_score_matches(score.cpu(), q.cpu(), k.cpu(), 64 ** -0.5, rows, cols, 0.37)
 
 
 def extreme_qkv(B, H, N, d, dtype, device, magnitude=30.0):
@@ -100,8 +102,8 @@ def test_extreme_logits_batched(device, dtype, path):
     B, H, N, d = 3, 2, 66, 64
     q, k, v = extreme_qkv(B, H, N, d, dtype, device)
     for rows, cols in (((1, 17), (18, N)), ((0, N), (0, N)), ((40, 66), (0, 30))):
-        delta = run_score(q, k, v, rows, cols, config=PATHS[path])
-        assert_score_matches(delta.cpu(), q.cpu(), k.cpu(), d ** -0.5, rows, cols, 0.37)
+        score = run_score(q, k, v, rows, cols, config=PATHS[path])
+        assert_score_matches(score.cpu(), q.cpu(), k.cpu(), d ** -0.5, rows, cols, 0.37)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -110,14 +112,14 @@ def test_extreme_logits_long_sequence(device, dtype):
     B, H, N, d = 2, 1, 150, 64
     q, k, v = extreme_qkv(B, H, N, d, dtype, device)
     rows, cols = (1, 17), (18, N)
-    delta = run_score(q, k, v, rows, cols)
-    assert_score_matches(delta.cpu(), q.cpu(), k.cpu(), d ** -0.5, rows, cols, 0.37)
+    score = run_score(q, k, v, rows, cols)
+    assert_score_matches(score.cpu(), q.cpu(), k.cpu(), d ** -0.5, rows, cols, 0.37)
 
 
 def test_output_still_matches_with_extreme_logits(device):
     """The output path is unchanged by the score fix: fp32, against the reference."""
     q, k, v = extreme_qkv(2, 2, 66, 64, torch.float32, device)
-    out = attention(q, k, v, score=torch.zeros(2, 48, device=device), score_rows=(1, 17), score_cols=(18, 66))
+    out, _ = attention_with_score(q, k, v, (1, 17), (18, 66))
     expected = reference.attention(q.cpu(), k.cpu(), v.cpu())
     assert torch.isfinite(out).all()
     # fp32 at logits ~1e3: errors of a few |s| * eps in the logits move probabilities relatively by as much
@@ -128,9 +130,8 @@ def test_output_still_matches_with_extreme_logits(device):
 def test_score_is_reproducible(device, path):
     """Two runs, bitwise equal scores (cheap on the CPU, where nothing races; see the GPU test)."""
     q, k, v = extreme_qkv(2, 3, 66, 64, torch.float16, device, magnitude=1.0)
-    start = torch.rand(2, 48, device=device)
-    first = run_score(q, k, v, (1, 17), (18, 66), config=PATHS[path], start=start)
-    second = run_score(q, k, v, (1, 17), (18, 66), config=PATHS[path], start=start)
+    first = run_score(q, k, v, (1, 17), (18, 66), config=PATHS[path])
+    second = run_score(q, k, v, (1, 17), (18, 66), config=PATHS[path])
     assert torch.equal(first, second)
 
 
@@ -139,17 +140,13 @@ def test_score_is_reproducible(device, path):
                                      "execution; nothing races under the CPU interpreter")
 def test_score_is_bitwise_reproducible_on_gpu():
     """Many programs writing one sample's score: on a GPU their order changes from run to run, and
-    the score must not (no atomics; a fixed-order sum over heads and query blocks)."""
+    the score term must not (each element stored by one program, no atomics)."""
     torch.manual_seed(1)
     B, H, d = 64, 12, 64
     for N in (66, 126, 300):
         x = torch.randn(B, N, 3 * H * d, device="cuda", dtype=torch.float16)
         q, k, v = x.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-        scores = []
-        for _ in range(5):
-            score = torch.zeros(B, N - 18, device="cuda")
-            attention(q, k, v, score=score, score_rows=(1, 17), score_cols=(18, N), score_weight=0.1)
-            scores.append(score)
+        scores = [attention_with_score(q, k, v, (1, 17), (18, N), score_weight=0.1)[1] for _ in range(5)]
         assert all(torch.equal(scores[0], s) for s in scores[1:]), f"N={N}: scores differ between runs"
 
 

@@ -33,13 +33,13 @@ def test_counter_sees_a_second_pass():
     """The counter does count the score's extra work where there is some: past one key tile the
     score recomputes the logits of the keypoint rows' block (N = 200, one 64-row block, 64-wide
     key tiles: 3 more QK^T tile products and their exponentials)."""
-    from kernels.fused_attention import attention
+    from kernels.fused_attention import attention, attention_with_score
 
     q, k, v = torch.randn(3, 1, 1, 200, 64).to(torch.float16).unbind(0)
     with count_interpreter_work() as base:
         attention(q, k, v)
     with count_interpreter_work() as scored:
-        attention(q, k, v, score=torch.zeros(1, 182), score_rows=(1, 17), score_cols=(18, 200))
+        attention_with_score(q, k, v, (1, 17), (18, 200))
     assert scored["dot_macs"] - base["dot_macs"] == 3 * 64 * 64 * 64
     assert scored["exp_elements"] - base["exp_elements"] == 3 * 64 * 64
 

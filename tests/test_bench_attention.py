@@ -29,9 +29,6 @@ def test_bench_reference_sdpa(benchmark, qkv):
 
 def test_bench_reference_with_score(benchmark, qkv):
     q, k, v = qkv
-    score = torch.zeros(B, N - 18)
-    out = benchmark(
-        reference.attention, q, k, v, score=score, score_rows=(1, 17), score_cols=(18, N), score_weight=0.01
-    )
+    out, score = benchmark(reference.attention_with_score, q, k, v, (1, 17), (18, N), score_weight=0.01)
     assert out.shape == (B, H, N, d)
     assert score.sum() > 0

@@ -1,4 +1,4 @@
-"""The Triton fused attention (+ keypoint-attention score) against `kernels.reference.attention`.
+"""The Triton fused attention (+ keypoint-attention score) against `kernels.reference`.
 
 On CPU the kernels run under the Triton interpreter (tests/conftest.py), so the shapes stay
 modest; on a GPU the same tests run compiled. Every dtype is judged by FlashAttention's criterion
@@ -7,12 +7,15 @@ twice as much as PyTorch in the kernel's dtype. bf16 runs only on CUDA (the inte
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import reference
+from kernels import fused_attention, reference
+from kernels.reference import score_slots
 from helpers import assert_as_accurate_as_torch, assert_close, lse_recompute_bound, max_abs, summation_bound
 from kernels.fused_attention import (
     LOG2E,
@@ -22,6 +25,7 @@ from kernels.fused_attention import (
     attention_backward,
     attention_config,
     attention_forward,
+    attention_with_score,
 )
 
 
@@ -50,19 +54,30 @@ def _model_score_ranges(N):
     return rows, cols
 
 
-def exact_score_increment(q, k, rows, cols, scale, weight):
-    """Eq. 7's one-layer term written directly, in float64: weight * head-mean of the softmax
-    probabilities, summed over the query rows, restricted to the key columns."""
+def exact_head_terms(q, k, rows, cols, scale, weight):
+    """Eq. 7's one-layer term per head, written directly in float64: (B, H, n_cols), weight / H times
+    the softmax probabilities summed over the query rows, restricted to the key columns. Its sum
+    over heads is the term."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     probs = ((q.double() @ k.double().transpose(-2, -1)) * scale).softmax(dim=-1)
-    return weight * probs[:, :, rows[0]:rows[1], cols[0]:cols[1]].sum(dim=2).mean(dim=1)
+    return weight / q.shape[1] * probs[:, :, rows[0]:rows[1], cols[0]:cols[1]].sum(dim=2)
+
+
+def head_terms(ops, q, k, v, rows=None, cols=None, scale=None, weight=1.0):
+    """(out, per-head score term (B, H, n_cols)) of `ops.attention_with_score`: the term summed over
+    its slots, after checking the term contract (shape, dtype, no gradient)."""
+    out, term = ops.attention_with_score(q, k, v, rows, cols, scale=scale, score_weight=weight)
+    (r0, r1), (c0, c1) = rows or (0, q.shape[2]), cols or (0, k.shape[2])
+    assert term.shape == (q.shape[0], q.shape[1], score_slots(r1 - r0), c1 - c0) and term.dtype == torch.float32
+    assert not term.requires_grad
+    return out, term.sum(dim=2)
 
 
 def _check(B, H, N, d, dtype, device, rows=None, cols=None, with_score=True, scale=None, backward=True,
            weight=0.37, Nk=None, seed=None):
     """Ours, the exact (float64) result and PyTorch's own in `dtype` on the same inputs (drawn after
-    torch.manual_seed(seed) when given): out, the score increment and the gradients of ours may err
-    at most twice as much as PyTorch's (FlashAttention's criterion, tests/helpers.py)."""
+    torch.manual_seed(seed) when given): out, the score term of each head and the gradients of ours
+    may err at most twice as much as PyTorch's (FlashAttention's criterion, tests/helpers.py)."""
     if seed is not None:
         torch.manual_seed(seed)
     x, (q, k, v) = _qkv(B, H, N, d, dtype, device)
@@ -73,12 +88,10 @@ def _check(B, H, N, d, dtype, device, rows=None, cols=None, with_score=True, sca
     n_keys = k.shape[2]
     rows = rows if rows is not None else (0, N)
     cols = cols if cols is not None else (0, n_keys)
-    score_kw = dict(score_rows=rows, score_cols=cols, score_weight=weight) if with_score else {}
-    start = torch.rand(B, cols[1] - cols[0], device=device) + 0.5  # non-zero: only additions count
     grad = torch.randn(B, H, N, d, device=device)
 
-    def run(op, inputs_dtype):
-        """op on leaf copies of the inputs in `inputs_dtype`: (out, score increment, grads)."""
+    def run(ops, inputs_dtype):
+        """ops' attention on leaf copies of the inputs in `inputs_dtype`: (out, per-head score terms, grads)."""
         x_ = x.detach().to(inputs_dtype).requires_grad_()
         q_, k_, v_ = _views(x_, B, H, N, d)
         leaves = [x_]
@@ -86,25 +99,24 @@ def _check(B, H, N, d, dtype, device, rows=None, cols=None, with_score=True, sca
             kv_ = kv.detach().to(inputs_dtype).requires_grad_()
             k_, v_ = _kv_views(kv_, B, H, Nk, d)
             leaves.append(kv_)
-        score = start.clone() if with_score else None
-        out = op(q_, k_, v_, scale=scale, score=score, **score_kw)
-        grads = torch.autograd.grad(out, leaves, grad.to(out.dtype)) if backward else ()
-        if with_score and inputs_dtype == torch.float64:  # the score buffer is float32: the exact one apart
-            increment = exact_score_increment(q_, k_, rows, cols, scale, weight)
+        if with_score:
+            out, terms = head_terms(ops, q_, k_, v_, rows, cols, scale, weight)
         else:
-            increment = score - start if with_score else None
-        return out, increment, grads
+            out, terms = ops.attention(q_, k_, v_, scale=scale), None
+        grads = torch.autograd.grad(out, leaves, grad.to(out.dtype)) if backward else ()
+        if with_score and inputs_dtype == torch.float64:  # the score term is float32: the exact one apart
+            terms = exact_head_terms(q_, k_, rows, cols, scale, weight)
+        return out, terms, grads
 
-    ours, exact, theirs = run(attention, dtype), run(reference.attention, torch.float64), \
-        run(reference.attention, dtype)
+    ours, exact, theirs = run(fused_attention, dtype), run(reference, torch.float64), run(reference, dtype)
     assert ours[0].dtype == dtype
     assert_as_accurate_as_torch(ours[0], exact[0], theirs[0], "out")
     if with_score:
         # The kernel's probabilities are float32 whatever the input dtype (float32 logits), so
         # PyTorch's counterpart is the reference on float32 inputs.
-        torch_score = theirs[1] if dtype == torch.float32 else run(reference.attention, torch.float32)[1]
-        reorder = _score_reorder_bound(q, rows, exact[1])
-        assert_as_accurate_as_torch(ours[1], exact[1], torch_score, "score increment", reorder=reorder)
+        torch_score = theirs[1] if dtype == torch.float32 else run(reference, torch.float32)[1]
+        reorder = _score_reorder_bound(rows, exact[1])
+        assert_as_accurate_as_torch(ours[1], exact[1], torch_score, "score term per head", reorder=reorder)
     # dq is a cancellation (dO.V minus the row's delta) that vanishes where a row attends to one key:
     # its rounding scales with the op's largest gradient, not with its own size
     grad_magnitude = max((max_abs(g) for g in exact[2]), default=0.0)
@@ -174,9 +186,9 @@ def test_fp32_cross_attention(device):
         (66, (1, 18), (18, 66)),    # paper: all 17 keypoints
         (125, (0, 17), (17, 125)),  # fine stage layout (no quality token)
         (66, (0, 66), (0, 66)),     # full ranges
-        (66, (5, 5), (18, 66)),     # empty rows: nothing added
+        (66, (5, 5), (18, 66)),     # empty rows: a term of zeros
         (66, (1, 17), (66, 66)),    # empty columns
-        (130, (60, 70), (0, 130)),  # rows straddle two query blocks (both add)
+        (130, (60, 70), (0, 130)),  # rows straddle two query blocks (two slots)
         (130, (129, 130), (0, 1)),  # last row, first column
         (200, (1, 200), (63, 129)), # columns straddle key-block boundaries
         (1, (0, 1), (0, 1)),
@@ -186,54 +198,54 @@ def test_score_ranges(device, N, rows, cols):
     _check(2, 3, N, 32, torch.float32, device, rows, cols, backward=False)
 
 
-def _score_reorder_bound(q, rows, increment):
-    """The kernel adds the H * (r1 - r0) positive terms of each column in its own order (tiles,
-    atomics) and rounds each probability differently (exp2 of a shifted logit): the worst-case
-    bound of that sum, whose terms add up to the increment itself."""
-    return summation_bound(torch.float32, q.shape[1] * (rows[1] - rows[0]), max_abs(increment), worst_case=True)
+def _score_reorder_bound(rows, terms):
+    """The kernel adds each column's r1 - r0 positive terms per head in its own order (query blocks,
+    slots) and rounds each probability differently (exp2 of a shifted logit): the worst-case bound
+    of that sum, whose terms add up to the term itself."""
+    return summation_bound(torch.float32, rows[1] - rows[0], max_abs(terms), worst_case=True)
 
 
 def test_score_default_ranges_are_everything(device):
     """score_rows / score_cols default to all rows / all columns: every row of probabilities sums
-    to 1, so each sample's score grows by weight * N exactly."""
+    to 1, so each sample's term sums to weight * N exactly."""
     B, H, N, d = 2, 3, 40, 16
     _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
-    score = torch.zeros(B, N, device=device)
-    attention(q, k, v, score=score, score_weight=0.5)
-    theirs = torch.zeros(B, N, device=device)
-    reference.attention(q, k, v, score=theirs, score_weight=0.5)
-    exact = exact_score_increment(q, k, (0, N), (0, N), None, 0.5)
-    assert_as_accurate_as_torch(score, exact, theirs, "score", reorder=_score_reorder_bound(q, (0, N), exact))
-    # the row sums add H * N * N probabilities (/ H) whose exact total is 0.5 N
-    assert_close(score.sum(dim=1), torch.full((B,), 0.5 * N, device=device),
+    _, ours = head_terms(fused_attention, q, k, v, weight=0.5)
+    _, theirs = head_terms(reference, q, k, v, weight=0.5)
+    exact = exact_head_terms(q, k, (0, N), (0, N), None, 0.5)
+    assert_as_accurate_as_torch(ours, exact, theirs, "score", reorder=_score_reorder_bound((0, N), exact))
+    # the sum adds H * N * N probabilities (/ H) whose exact total is 0.5 N
+    assert_close(ours.sum(dim=(1, 2)), torch.full((B,), 0.5 * N, device=device),
                  summation_bound(torch.float32, H * N * N, 0.5 * N), "sum of the score")
 
 
-def test_score_accumulates_an_ema_over_layers(device):
-    """Each layer adds its own weighted term (Eq. 6 unrolled): the buffer holds the weighted sum."""
+def test_score_terms_sum_to_the_ema_over_layers(device):
+    """Each layer's weighted term (Eq. 6 unrolled), summed once as the model does (over layers,
+    heads and slots), is the EMA of the keypoint attention."""
     B, H, N, d = 2, 12, 66, 32
     beta, layers = 0.99, 3
-    ours = torch.zeros(B, N - 18, device=device)
-    ref = torch.zeros(B, N - 18, device=device)
+    ours, ref = [], []
     exact = torch.zeros(B, N - 18, device=device, dtype=torch.float64)
     reorder = 0.0
     for layer in range(layers):
         w = (1 - beta) * beta ** (layers - 1 - layer)
         _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
-        attention(q, k, v, score=ours, score_rows=(1, 17), score_cols=(18, N), score_weight=w)
-        reference.attention(q, k, v, score=ref, score_rows=(1, 17), score_cols=(18, N), score_weight=w)
-        increment = exact_score_increment(q, k, (1, 17), (18, N), None, w)
-        exact += increment
-        reorder += _score_reorder_bound(q, (1, 17), increment)
-    assert_as_accurate_as_torch(ours, exact, ref, "score after 3 layers", reorder=reorder)
+        ours.append(attention_with_score(q, k, v, (1, 17), (18, N), score_weight=w)[1])
+        ref.append(reference.attention_with_score(q, k, v, (1, 17), (18, N), score_weight=w)[1])
+        terms = exact_head_terms(q, k, (1, 17), (18, N), None, w)
+        exact += terms.sum(dim=1)
+        # per head its 16 rows, then its slots; then the heads
+        reorder += summation_bound(torch.float32, H * (16 + score_slots(16)), max_abs(terms.sum(dim=1)),
+                                   worst_case=True)
+    assert_as_accurate_as_torch(torch.cat(ours, 1).sum(dim=(1, 2)), exact, torch.cat(ref, 1).sum(dim=(1, 2)),
+                                "score after 3 layers", reorder=reorder)
 
 
 def test_score_needs_no_gradient_and_leaves_grads_alone(device):
     B, H, N, d = 1, 2, 66, 32
     x, (q, k, v) = _qkv(B, H, N, d, torch.float32, device)
-    score = torch.zeros(B, N - 18, device=device)
-    out_s = attention(q, k, v, score=score, score_rows=(1, 17), score_cols=(18, N))
-    assert not score.requires_grad and score.grad_fn is None
+    out_s, term = attention_with_score(q, k, v, (1, 17), (18, N))
+    assert not term.requires_grad and term.grad_fn is None
     out_s.sum().backward()
     grad_with = x.grad.clone()
     x.grad = None
@@ -241,18 +253,26 @@ def test_score_needs_no_gradient_and_leaves_grads_alone(device):
     torch.testing.assert_close(x.grad, grad_with, rtol=0, atol=0)
 
 
-def test_strided_score_buffer(device):
-    """A non-contiguous score view (e.g. one column block of a wider buffer) gets the same sums."""
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_score_term_every_slot_written(device, block_m):
+    """The launcher's `term` may be any float32 buffer of the term's shape, strided included: the
+    kernel stores every element (NaN-poisoned beforehand), the slots no query block owns as zeros.
+    Rows 1..16 fall in two 16-row blocks (both slots owned) or in one 64-row block (slot 1 spare)."""
     B, H, N, d = 2, 2, 66, 16
     _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
-    wide = torch.randn(N - 18, B, device=device)
-    start = wide.clone()
-    attention(q, k, v, score=wide.t(), score_rows=(1, 17), score_cols=(18, N))
-    ref = start.t().clone()
-    reference.attention(q, k, v, score=ref, score_rows=(1, 17), score_cols=(18, N))
-    increment = exact_score_increment(q, k, (1, 17), (18, N), None, 1.0)
-    assert_as_accurate_as_torch(wide.t(), start.t().double() + increment, ref, "strided score",
-                                reorder=_score_reorder_bound(q, (1, 17), increment))
+    rows, cols = (1, 17), (18, N)
+    config = AttentionConfig(KernelLaunch(block_m, 128), KernelLaunch(64, 64), KernelLaunch(64, 64), 16)
+    wide = torch.full((N - 18, score_slots(16), H, B + 1), math.nan, device=device)
+    term = wide[..., :B].permute(3, 2, 1, 0)  # (B, H, slots, cols), no unit stride anywhere
+    attention_forward(q, k, v, d ** -0.5, rows, cols, 1.0, term=term, config=config)
+    assert torch.isfinite(term).all(), "an element of the term was not stored"
+    assert wide[..., B].isnan().all(), "the kernel wrote outside the term"
+    if block_m == 64:
+        assert (term[:, :, 1] == 0).all(), "the spare slot is not zero"
+    exact = exact_head_terms(q, k, rows, cols, None, 1.0)
+    _, theirs = head_terms(reference, q, k, v, rows, cols)
+    assert_as_accurate_as_torch(term.sum(dim=2), exact, theirs, "strided score term",
+                                reorder=_score_reorder_bound(rows, exact))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,17 +379,15 @@ def _launcher_roundtrip(B, H, N, d, dtype, device, config, Nk=None):
     out = torch.full((B, H, N, d), float("nan"), device=device, dtype=dtype)
     lse = torch.full((B, H, N), float("nan"), device=device)
     rows, cols = (min(1, N), min(17, N)), (0, Nk)
-    score = torch.zeros(B, Nk, device=device)
-    out, lse = attention_forward(q, k, v, scale, score, rows, cols, 0.5, out=out, lse=lse, config=config)
+    term = torch.full((B, H, score_slots(rows[1] - rows[0]), Nk), float("nan"), device=device)
+    out, lse, _ = attention_forward(q, k, v, scale, rows, cols, 0.5, out=out, lse=lse, term=term, config=config)
 
     dout = torch.randn(B, H, N, d, device=device).to(dtype)
 
     def torch_run(inputs_dtype):
-        """PyTorch's out, score, log2-domain lse and gradients with inputs in `inputs_dtype`."""
+        """PyTorch's out, per-head score terms, log2-domain lse and gradients with inputs in `inputs_dtype`."""
         q_r, k_r, v_r = (t.detach().to(inputs_dtype).requires_grad_() for t in (q, k, v))
-        score_r = torch.zeros(B, Nk, device=device)
-        out_r = reference.attention(q_r, k_r, v_r, scale=scale, score=score_r, score_rows=rows, score_cols=cols,
-                                    score_weight=0.5)
+        out_r, score_r = head_terms(reference, q_r, k_r, v_r, rows, cols, scale, 0.5)
         lse_r = torch.logsumexp((q_r @ k_r.transpose(-2, -1)) * scale, dim=-1) * LOG2E
         grads_r = torch.autograd.grad(out_r, (q_r, k_r, v_r), dout.to(inputs_dtype))
         return out_r, score_r, lse_r, grads_r
@@ -377,11 +395,11 @@ def _launcher_roundtrip(B, H, N, d, dtype, device, config, Nk=None):
     exact, theirs = torch_run(torch.float64), torch_run(dtype)
     # the kernel's logits, probabilities, lse and score are float32 whatever the input dtype
     theirs32 = theirs if dtype == torch.float32 else torch_run(torch.float32)
-    exact_score = exact_score_increment(q, k, rows, cols, scale, 0.5)
+    exact_score = exact_head_terms(q, k, rows, cols, scale, 0.5)
     assert_as_accurate_as_torch(out, exact[0], theirs[0], "out")
     assert_as_accurate_as_torch(lse, exact[2], theirs32[2], "lse (log2 domain)")
-    assert_as_accurate_as_torch(score, exact_score, theirs32[1], "score",
-                                reorder=_score_reorder_bound(q, rows, exact_score))
+    assert_as_accurate_as_torch(term.sum(dim=2), exact_score, theirs32[1], "score term per head",
+                                reorder=_score_reorder_bound(rows, exact_score))
 
     grads = [_nan_like(q), _nan_like(k), _nan_like(v)]
     dq, dk, dv = attention_backward(dout, q, k, v, out, lse, scale, dq=grads[0], dk=grads[1], dv=grads[2],
@@ -472,9 +490,8 @@ def test_gradcheck_small(device):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(score_shape=(2, 5)), "score must be a float32 tensor"),
-        (dict(score_dtype=torch.float16), "score must be a float32 tensor"),
         (dict(score_rows=(3, 40)), "score_rows"),
+        (dict(score_rows=(3,)), "score_rows"),
         (dict(score_cols=(-1, 10)), "score_cols"),
         (dict(score_rows=(5, 2)), "score_rows"),
     ],
@@ -482,11 +499,8 @@ def test_gradcheck_small(device):
 def test_score_argument_errors(device, kwargs, match):
     B, H, N, d = 2, 2, 20, 16
     _, (q, k, v) = _qkv(B, H, N, d, torch.float32, device, requires_grad=False)
-    cols = kwargs.get("score_cols", (0, N))
-    shape = kwargs.get("score_shape", (B, max(cols[1] - cols[0], 0)))
-    score = torch.zeros(shape, device=device, dtype=kwargs.get("score_dtype", torch.float32))
     with pytest.raises(ValueError, match=match):
-        attention(q, k, v, score=score, score_rows=kwargs.get("score_rows"), score_cols=kwargs.get("score_cols"))
+        attention_with_score(q, k, v, kwargs.get("score_rows"), kwargs.get("score_cols"))
 
 
 def test_qkv_argument_errors(device):
@@ -508,8 +522,8 @@ def test_qkv_argument_errors(device):
 
 def test_empty_batch(device):
     q = torch.randn(0, 2, 8, 16, device=device, requires_grad=True)
-    out = attention(q, q, q, score=torch.zeros(0, 8, device=device))
-    assert out.shape == (0, 2, 8, 16)
+    out, term = attention_with_score(q, q, q)
+    assert out.shape == (0, 2, 8, 16) and term.shape == (0, 2, score_slots(8), 8)
     out.sum().backward()
     assert q.grad.shape == q.shape
 

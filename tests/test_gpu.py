@@ -160,15 +160,14 @@ def assert_bitwise_equal(first, second, what):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_attention_score_and_backward_are_deterministic(dtype):
-    from kernels import attention
+    from kernels import attention_with_score
 
     x = torch.randn(8, 126, 3 * 12 * 32, device=CUDA).to(dtype)
 
     def run():
         x_ = x.detach().requires_grad_()
         q, k, v = x_.reshape(8, 126, 3, 12, 32).permute(2, 0, 3, 1, 4)
-        score = torch.zeros(8, 108, device=CUDA)
-        out = attention(q, k, v, score=score, score_rows=(1, 17), score_cols=(18, 126))
+        out, score = attention_with_score(q, k, v, (1, 17), (18, 126))
         out.backward(torch.ones_like(out))
         return out, score, x_.grad
 
@@ -257,12 +256,11 @@ def run_every_op(n: int) -> None:
     """Forward and backward of the three ops at a model-like size that depends on n."""
     from helpers import GRID_256, call, make_inputs
 
-    from kernels import attention, compose_tokens, varlen_attention
+    from kernels import attention_with_score, compose_tokens, varlen_attention
 
     x = torch.randn(2, n, 3 * 12 * 32, device=CUDA, dtype=torch.float16, requires_grad=True)
     q, k, v = x.reshape(2, n, 3, 12, 32).permute(2, 0, 3, 1, 4)
-    score = torch.zeros(2, n - 18, device=CUDA)
-    attention(q, k, v, score=score, score_rows=(1, 17), score_cols=(18, n)).sum().backward()
+    attention_with_score(q, k, v, (1, 17), (18, n))[0].sum().backward()
     lengths = [n, 2 * n + 3, 7]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=CUDA)
     packed = torch.randn(sum(lengths), 3, 12, 32, device=CUDA, dtype=torch.float16, requires_grad=True)
@@ -296,19 +294,19 @@ def test_no_kernel_recompiles_for_new_sizes():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
 def test_ops_run_on_the_inputs_device_not_the_current_one():
     """With cuda:0 current, inputs on cuda:1: the kernels launch on cuda:1 and match the reference."""
-    from kernels import attention, reference
+    from kernels import attention_with_score, reference
 
     second = torch.device("cuda", 1)
     torch.cuda.set_device(0)
     x = torch.randn(2, 66, 3 * 4 * 32, device=second)
     q, k, v = x.reshape(2, 66, 3, 4, 32).permute(2, 0, 3, 1, 4)
-    score, ref_score = torch.zeros(2, 48, device=second), torch.zeros(2, 48, device=second)
-    out = attention(q, k, v, score=score, score_rows=(1, 17), score_cols=(18, 66))
-    theirs = reference.attention(q, k, v, score=ref_score, score_rows=(1, 17), score_cols=(18, 66))
+    out, score = attention_with_score(q, k, v, (1, 17), (18, 66))
+    theirs, ref_score = reference.attention_with_score(q, k, v, (1, 17), (18, 66))
     exact = reference.attention(q.double(), k.double(), v.double())
     assert out.device == second and torch.cuda.current_device() == 0
     assert_as_accurate_as_torch(out, exact, theirs, "out on cuda:1")
-    assert_rel_close(score, ref_score, FP32_REL, "score on cuda:1")
+    assert score.device == second
+    assert_rel_close(score.sum(dim=(1, 2)), ref_score.sum(dim=(1, 2)), FP32_REL, "score on cuda:1")
 
 
 def test_throughput_benchmark_gpu_path(tmp_path):

@@ -45,7 +45,7 @@ def attention_args(device, score: bool):
     q, k, v = (torch.randn(2, 2, 20, 16, device=device, requires_grad=True) for _ in range(3))
     if not score:
         return q, k, v, 0.25
-    return q, k, v, 0.25, torch.rand(2, 10, device=device), 1, 5, 8, 18, 0.5
+    return q, k, v, 0.25, 1, 5, 8, 18, 0.5
 
 
 def varlen_args(device):
@@ -70,7 +70,7 @@ def compose_args(device):
 
 def test_attention_ops_pass_opcheck(device):
     torch.library.opcheck(OPS.attention.default, attention_args(device, score=False))
-    torch.library.opcheck(OPS.attention_score.default, attention_args(device, score=True))
+    torch.library.opcheck(OPS.attention_with_score.default, attention_args(device, score=True))
     q, k, v, scale = attention_args(device, score=False)
     with torch.no_grad():
         out, lse = OPS.attention(q, k, v, scale)
@@ -103,7 +103,7 @@ def test_compose_ops_pass_opcheck(device):
 
 KERNEL_OPS = {
     "attention": (fused_attention._attention_op, lambda device: attention_args(device, score=False)),
-    "attention_score": (fused_attention._attention_score_op, lambda device: attention_args(device, score=True)),
+    "attention_with_score": (fused_attention._attention_with_score_op, lambda device: attention_args(device, score=True)),
     "varlen_attention": (varlen_fused_attention._varlen_op, varlen_args),
     "compose_tokens": (token_composition._compose_op, compose_args),
 }
@@ -132,20 +132,17 @@ def test_eager_autograd_runs_the_registered_formula_without_the_dispatcher(devic
         assert torch.equal(eager, registered)
 
 
-def test_score_op_leaves_its_input_alone_and_the_wrapper_adds_into_it(device):
-    """The op is functional (a new score tensor); `kernels.attention` writes it back into the caller's
-    buffer, with or without gradients, as the direct launch does."""
-    q, k, v, scale, score, *ranges = attention_args(device, score=True)
-    before = score.clone()
+def test_score_term_is_the_same_on_every_call_path(device):
+    """The registered op (traces), the eager autograd Function and the direct launch all return the
+    same score term, bit for bit (each element stored by one program, in one fixed order)."""
+    q, k, v, scale, *ranges, weight = attention_args(device, score=True)
     with torch.no_grad():
-        _, _, updated = OPS.attention_score(q, k, v, scale, score, *ranges)
-    assert torch.equal(score, before) and not torch.equal(updated, before)
+        _, _, registered = OPS.attention_with_score(q, k, v, scale, *ranges, weight)
     for grad in (True, False):
-        buffer = before.clone()
         with torch.set_grad_enabled(grad):
-            kernels.triton_ops.attention(q, k, v, scale=scale, score=buffer, score_rows=(1, 5), score_cols=(8, 18),
-                                         score_weight=0.5)
-        assert torch.equal(buffer, updated), f"grad={grad}"  # one fixed order of the partial sums
+            _, term = kernels.triton_ops.attention_with_score(q, k, v, (1, 5), (8, 18), scale=scale,
+                                                              score_weight=weight)
+        assert torch.equal(term, registered), f"grad={grad}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +171,7 @@ def test_export_records_the_registered_ops(device, one_thread):
     images = torch.randn(2, 3, 128, 96, device=device)
     program = torch.export.export(Outputs(model), (images,))
     called = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
-    assert {"sharpose.attention_score.default", "sharpose.varlen_attention.default",
+    assert {"sharpose.attention_with_score.default", "sharpose.varlen_attention.default",
             "sharpose.compose_tokens.default"} <= called
     other = torch.randn(2, 3, 128, 96, device=device)  # other images: nothing baked into the program
     with torch.no_grad():
@@ -251,7 +248,7 @@ def test_sharpose_export_keeps_the_triton_backend(tmp_path, one_thread):
     assert wrapped.model.backend == "triton"
     path = tmp_path / "model.pt"
     export(wrapped, torch.randn(1, 3, 128, 96), "torchscript", path)
-    assert "sharpose::attention_score" in str(torch.jit.load(str(path)).inlined_graph)
+    assert "sharpose::attention_with_score" in str(torch.jit.load(str(path)).inlined_graph)
     images = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
         expected = wrapped(images)
@@ -271,7 +268,7 @@ import importlib, torch
 import kernels.triton_ops
 from kernels import fused_attention, token_composition, varlen_fused_attention
 schemas = {n: str(getattr(torch.ops.sharpose, n).default._schema) for n in
-           ("attention", "attention_score", "varlen_attention", "compose_tokens")}
+           ("attention", "attention_with_score", "varlen_attention", "compose_tokens")}
 for module in (fused_attention, varlen_fused_attention, token_composition):
     importlib.reload(module)
 assert schemas == {n: str(getattr(torch.ops.sharpose, n).default._schema) for n in schemas}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -66,11 +67,20 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class ScoreSpec(NamedTuple):
+    """One layer's keypoint-attention score term (`kernels.reference.attention_with_score`): query
+    rows `rows` attending to key columns `cols`, weighted by `weight`."""
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    weight: float
+
+
 class Attention(nn.Module):
     """Multi-head self-attention whose core runs on the backend's `attention` op.
 
-    The optional `score` arguments let the op accumulate keypoint-to-patch attention
-    (see `kernels.reference.attention`) without the caller ever holding the N x N map.
+    With a `ScoreSpec`, the forward runs `attention_with_score` instead and returns
+    (output, score term), without the caller ever holding the N x N map.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "reference") -> None:
@@ -83,18 +93,30 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, packed: PackedSequences | None = None, **score_args) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, packed: PackedSequences | None = None, score: ScoreSpec | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         ops = ops_for(self.backend, x.device)
         if packed is not None:  # (T, C) tokens of variable-length sequences
             T, C = x.shape
             q, k, v = self.qkv(x).reshape(T, 3, self.num_heads, self.head_dim).unbind(1)
             out = ops.varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen)
             return self.proj(out.reshape(T, C))
+        if score is None:
+            return self.proj(self.merge_heads(ops.attention(*self.split_heads(x))))
+        out, term = ops.attention_with_score(*self.split_heads(x), score.rows, score.cols, score_weight=score.weight)
+        return self.proj(self.merge_heads(out)), term
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, H, N, d): strided views into the fused projection, no copies."""
         B, N, C = x.shape
-        # strided views into the fused projection, no copies: (3, B, H, N, d)
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = ops.attention(q, k, v, **score_args)
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def merge_heads(out: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, d) -> (B, N, H d); free for the Triton ops' token-major outputs."""
+        B, H, N, d = out.shape
+        return out.transpose(1, 2).reshape(B, N, H * d)
 
 
 class Block(nn.Module):
@@ -117,9 +139,17 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, packed: PackedSequences | None = None, **score_args) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), packed, **score_args), packed)
-        return x + self.drop_path(self.mlp(self.norm2(x)), packed)
+    def forward(
+        self, x: torch.Tensor, packed: PackedSequences | None = None, score: ScoreSpec | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The block's output; with a `ScoreSpec`, (output, the attention's score term)."""
+        if score is None:
+            attended, term = self.attn(self.norm1(x), packed), None
+        else:
+            attended, term = self.attn(self.norm1(x), score=score)
+        x = x + self.drop_path(attended, packed)
+        x = x + self.drop_path(self.mlp(self.norm2(x)), packed)
+        return x if term is None else (x, term)
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:

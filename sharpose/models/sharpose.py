@@ -20,7 +20,7 @@ from kernels import ops_for
 from sharpose.models.base import PoseModel
 from sharpose.models.heads import QualityHead, TokenHeatmapDecoder
 from sharpose.models.inputs import check_images, is_tracing
-from sharpose.models.layers import Block, Mlp, PatchEmbed, drop_path_rates, init_vit_weights
+from sharpose.models.layers import Block, Mlp, PatchEmbed, ScoreSpec, drop_path_rates, init_vit_weights
 from sharpose.models.output import PoseOutput
 from sharpose.models.selection import (
     TokenBudget,
@@ -201,15 +201,17 @@ class SHaRPose(PoseModel):
         B, K, k_max = images.shape[0], self.num_keypoints, self.token_budget.k_max
         coarse_embed = self.embed(F.interpolate(images, size=self.coarse_size, mode="bilinear"), self.coarse_pos_embed)
         x = torch.cat([self.quality_token.expand(B, -1, -1), self.keypoint_tokens.expand(B, -1, -1), coarse_embed], 1)
-        patch_scores = torch.zeros(B, self.num_coarse, device=images.device, dtype=torch.float32)
         visual_cols = (1 + K, 1 + K + self.num_coarse)
+        score_terms = []
         for i, block in enumerate(self.blocks):
             if i in self.ema_weights:  # Eq. 6-7: this layer's weighted keypoint-to-patch attention
-                x = block(x, score=patch_scores, score_rows=self.score_rows, score_cols=visual_cols,
-                          score_weight=self.ema_weights[i])
+                x, term = block(x, score=ScoreSpec(self.score_rows, visual_cols, self.ema_weights[i]))
+                score_terms.append(term)
             else:
                 x = block(x)
         x = self.norm(x)
+        # Eq. 7: the layers' terms summed over layers, heads and slots, once per forward
+        patch_scores = torch.cat(score_terms, dim=1).sum(dim=(1, 2))
         order = rank_patches(patch_scores)
         top = order[:, :k_max]
         # the reuse block on the top k_max parents and the patch embedding of their fine children: a
