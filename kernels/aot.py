@@ -313,7 +313,7 @@ _UNIT_STRIDES = frozenset({
 # patch order, N_c = 108 at 384 x 288).
 _PLAIN_INTS = frozenset({
     "seq_len_q", "seq_len_k", "num_tokens", "num_keypoints", "num_patches", "num_samples",
-    "score_row_start", "score_row_end", "score_col_start", "score_col_end", "num_score_slots",
+    "score_row_start", "score_row_end", "score_col_start", "score_col_end", "num_score_slots", "store_lse",
     "stride_lse_b", "stride_lse_h", "stride_delta_b", "stride_delta_h",
     "stride_score_b", "stride_score_h", "stride_score_slot", "stride_order",
 })

@@ -74,6 +74,7 @@ __all__ = [
     "attention_forward",
     "attention_backward",
     "LOG2E",
+    "lse_placeholder",
     # shared with the packed (cu_seqlens) varlen kernels: the per-(sequence, head) tile bodies
     "attn_fwd_tile",
     "attn_bwd_delta_tile",
@@ -89,7 +90,7 @@ _MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2 (heads, batch)
 # (no recompilation for every N; no separate variants for N % 16 == 0 or N == 1).
 _RUNTIME_INTS = [
     "seq_len_q", "seq_len_k", "score_row_start", "score_row_end", "score_col_start", "score_col_end",
-    "num_score_slots",
+    "num_score_slots", "store_lse",
 ]
 
 
@@ -125,6 +126,7 @@ def attn_fwd_tile(
     stride_lse_n, stride_score_c,
     start_m, seq_len_q, seq_len_k,
     qk_scale,  # softmax scale * log2(e)
+    store_lse,  # 1, or 0 when nothing needs the log-sum-exp (no backward follows): lse_base may be a placeholder
     score_scale,  # the layer's score weight / H
     score_row_start, score_row_end, score_col_start, score_col_end,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -202,7 +204,8 @@ def attn_fwd_tile(
         acc.to(o_base.dtype.element_ty),
         mask=row_valid[:, None] & d_valid[None, :],
     )
-    tl.store(lse_base + offs_m * stride_lse_n, m_i + tl.log2(l_i), mask=row_valid)
+    # store_lse is 0 or 1: no row is stored, or every valid one
+    tl.store(lse_base + offs_m * stride_lse_n, m_i + tl.log2(l_i), mask=offs_m < seq_len_q * store_lse)
 
     if HAS_SCORE and not ONE_KEY_TILE:
         # Several key tiles: the probabilities are only normalisable once the whole row has been
@@ -367,7 +370,7 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_on, stride_od,
     stride_lse_b, stride_lse_h,
     stride_score_b, stride_score_h, stride_score_slot, stride_score_c,
-    seq_len_q, seq_len_k, qk_scale, score_scale,
+    seq_len_q, seq_len_k, qk_scale, store_lse, score_scale,
     score_row_start, score_row_end, score_col_start, score_col_end, num_score_slots,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SCORE: tl.constexpr, ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -391,7 +394,7 @@ def _attn_fwd(
         score_head + (block - first_block) * stride_score_slot,
         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
         1, stride_score_c,
-        start_m, seq_len_q, seq_len_k, qk_scale, score_scale,
+        start_m, seq_len_q, seq_len_k, qk_scale, store_lse, score_scale,
         score_row_start, score_row_end, score_col_start, score_col_end,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SCORE, ONE_KEY_TILE, DOT_PRECISION,
     )
@@ -705,6 +708,19 @@ def _check_args_once(q, k, v, score_rows, score_cols, op):
     return _CHECKED[op].get(signature, _check_and_configure, q, k, v, score_rows, score_cols, op)
 
 
+_LSE_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
+
+
+def lse_placeholder(like: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor on `like`'s device to pass as the forward kernels' log-sum-exp when they do
+    not store it (store_lse = 0): one per device, never read or written."""
+    device = like.device
+    placeholder = _LSE_PLACEHOLDERS.get(device)
+    if placeholder is None:
+        placeholder = _LSE_PLACEHOLDERS[device] = torch.empty(1, dtype=torch.float32, device=device)
+    return placeholder
+
+
 def _token_major(B: int, H: int, N: int, d: int, like: torch.Tensor) -> torch.Tensor:
     """A (B, H, N, d) tensor laid out as a contiguous (B, N, H, d) buffer."""
     return like.new_empty_strided((B, H, N, d), (N * H * d, d, H * d, 1))
@@ -727,21 +743,25 @@ def attention_forward(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     term: torch.Tensor | None = None,
+    store_lse: bool = True,
     config: AttentionConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward kernel; returns (out, lse, score term). No argument checks beyond shapes.
 
     With `score_rows` (resolved (start, end) ranges, as `score_cols`) the kernel also writes the
     score term of `kernels.reference.attention_with_score` (None without). `out` (B, H, N, d),
     `lse` (B, H, N) float32 and `term` may be given (any strides, lse with unit stride along N);
-    `config` overrides the block sizes.
+    `config` overrides the block sizes. Without `store_lse` (no backward will follow) the log-sum-exp
+    is neither allocated nor stored, and None is returned for it.
     """
     B, H, Nq, d = q.shape
     Nk = k.shape[2]
     cfg = config or attention_config(d, q.dtype, interpreter=q.device.type != "cuda", seq_len=Nk)
     if out is None:
         out = _token_major(B, H, Nq, d, q)
-    if lse is None:
+    if not store_lse:
+        lse = None
+    elif lse is None:
         lse = q.new_empty((B, H, Nq), dtype=torch.float32)
     else:
         assert lse.stride(2) == 1 or Nq <= 1, "lse must have unit stride along the sequence"
@@ -755,16 +775,18 @@ def attention_forward(
         term = q.new_empty((B, H, score_slots(r1 - r0), c1 - c0), dtype=torch.float32)
     if B == 0 or H == 0 or Nq == 0:
         return out, lse, term
-    # without the score: any valid pointer, never dereferenced
-    score_ptr, score_strides, num_slots = (term, term.stride(), term.shape[2]) if has_score else (lse, (0,) * 4, 0)
+    # without the log-sum-exp: a placeholder, with the strides a real one would have (the same compiled
+    # variant); without the score: any float32 pointer. Neither is dereferenced then.
+    lse_ptr, lse_strides = (lse, lse.stride()[:2]) if store_lse else (lse_placeholder(q), (H * Nq, Nq))
+    score_ptr, score_strides, num_slots = (term, term.stride(), term.shape[2]) if has_score else (lse_ptr, (0,) * 4, 0)
     grid = (cdiv(Nq, cfg.fwd.block_m), H, B)
     with device_guard(q):
         _attn_fwd[grid](
-            q, k, v, out, lse, score_ptr,
+            q, k, v, out, lse_ptr, score_ptr,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            lse.stride(0), lse.stride(1),
+            *lse_strides,
             *score_strides,
-            Nq, Nk, scale * LOG2E, float(score_weight) / H,
+            Nq, Nk, scale * LOG2E, int(store_lse), float(score_weight) / H,
             r0, r1, c0, c1, num_slots,
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
             HAS_SCORE=has_score, ONE_KEY_TILE=Nk <= cfg.fwd.block_n, DOT_PRECISION=cfg.dot_precision,
@@ -915,7 +937,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     _, _, config = _checked("attention", q, k, v, path)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == LAUNCH:
-        return attention_forward(q, k, v, scale, config=config)[0]
+        return attention_forward(q, k, v, scale, store_lse=False, config=config)[0]
     return _attention_op.run(path, q, k, v, scale)[0]
 
 
@@ -937,7 +959,8 @@ def attention_with_score(
     rows, cols, config = _checked("attention_with_score", q, k, v, path, score_rows, score_cols)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == LAUNCH:
-        out, _, term = attention_forward(q, k, v, scale, rows, cols, float(score_weight), config=config)
+        out, _, term = attention_forward(q, k, v, scale, rows, cols, float(score_weight), store_lse=False,
+                                         config=config)
         return out, term
     out, _, term = _attention_with_score_op.run(path, q, k, v, scale, *rows, *cols, float(score_weight))
     return out, term

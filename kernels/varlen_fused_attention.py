@@ -57,6 +57,7 @@ from kernels.fused_attention import (
     attn_bwd_dkdv_tile,
     attn_bwd_dq_tile,
     attn_fwd_tile,
+    lse_placeholder,
 )
 from kernels.library import LAUNCH, TRACED, KernelOp, call_path
 
@@ -70,7 +71,7 @@ _MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions 1 and 2 (heads, sequences)
 
 # The (H, T) log-sum-exp / delta buffers have head stride T and the preprocess runs over T rows:
 # T changes from batch to batch, so do not specialise on it (no variant for T % 16 == 0).
-_RUNTIME_INTS = ["stride_lse_h", "stride_delta_h", "num_tokens"]
+_RUNTIME_INTS = ["stride_lse_h", "stride_delta_h", "num_tokens", "store_lse"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def _varlen_attn_fwd(
     stride_vt, stride_vh, stride_vd,
     stride_ot, stride_oh, stride_od,
     stride_lse_h,
-    qk_scale,
+    qk_scale, store_lse,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ONE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -113,7 +114,7 @@ def _varlen_attn_fwd(
         lse,  # score_base: unused without HAS_SCORE
         stride_qt, stride_qd, stride_kt, stride_kd, stride_vt, stride_vd, stride_ot, stride_od,
         1, 0,
-        start_m, length, length, qk_scale, 0.0,
+        start_m, length, length, qk_scale, store_lse, 0.0,
         0, 0, 0, 0,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, ONE_KEY_TILE, DOT_PRECISION,
     )
@@ -317,31 +318,36 @@ def varlen_attention_forward(
     *,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    store_lse: bool = True,
     config: AttentionConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel; returns (out, lse). No argument checks.
 
     `out` (T, H, d) (any strides) and `lse` (H, T) float32 with unit stride along T may be given;
-    `config` overrides the tile sizes. Rows outside every sequence are not written.
+    `config` overrides the tile sizes. Rows outside every sequence are not written. Without
+    `store_lse` (no backward will follow) the log-sum-exp is neither allocated nor stored (None).
     """
     T, H, d = q.shape
     R = cu_seqlens.shape[0] - 1
     cfg = _config(q, max_seqlen, config)
     if out is None:
         out = q.new_empty((T, H, d))
-    if lse is None:
+    if not store_lse:
+        lse = None
+    elif lse is None:
         lse = q.new_empty((H, T), dtype=torch.float32)
     else:
         assert lse.stride(1) == 1 or T <= 1, "lse must have unit stride along the tokens"
     grid = (cdiv(max_seqlen, cfg.fwd.block_m), H, R)
     if T == 0 or 0 in grid:
         return out, lse
+    lse_ptr, lse_stride = (lse, lse.stride(0)) if store_lse else (lse_placeholder(q), T)  # placeholder: never read
     with device_guard(q):
         _varlen_attn_fwd[grid](
-            q, k, v, out, lse, cu_seqlens,
+            q, k, v, out, lse_ptr, cu_seqlens,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            lse.stride(0),
-            scale * LOG2E,
+            lse_stride,
+            scale * LOG2E, int(store_lse),
             HEAD_DIM=d, BLOCK_D=cfg.block_d, BLOCK_M=cfg.fwd.block_m, BLOCK_N=cfg.fwd.block_n,
             ONE_KEY_TILE=max_seqlen <= cfg.fwd.block_n, DOT_PRECISION=cfg.dot_precision,
             num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages,
@@ -485,5 +491,5 @@ def varlen_attention(
             _check_varlen_values(cu_seqlens, q.shape[0], max_seqlen)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == LAUNCH:
-        return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, config=config)[0]
+        return varlen_attention_forward(q, k, v, cu_seqlens, max_seqlen, scale, store_lse=False, config=config)[0]
     return _varlen_op.run(path, q, k, v, cu_seqlens, max_seqlen, scale)[0]

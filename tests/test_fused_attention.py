@@ -520,6 +520,22 @@ def test_qkv_argument_errors(device):
         attention(big, big, big)
 
 
+@pytest.mark.parametrize("with_score", [False, True], ids=["plain", "score"])
+def test_no_grad_call_neither_allocates_nor_stores_the_lse(device, with_score):
+    """Without gradients no backward follows: the forward gets the per-device placeholder instead of a
+    log-sum-exp buffer and must leave it alone (its one element keeps its value), with the same output."""
+    from kernels.fused_attention import lse_placeholder
+
+    _, (q, k, v) = _qkv(2, 3, 70, 32, torch.float32, device, requires_grad=False)
+    placeholder = lse_placeholder(q)
+    placeholder.fill_(123.0)
+    out = attention_with_score(q, k, v, (1, 17), (18, 70))[0] if with_score else attention(q, k, v)
+    assert placeholder.item() == 123.0
+    assert lse_placeholder(q) is placeholder
+    q64, k64, v64 = (t.double() for t in (q, k, v))
+    assert_as_accurate_as_torch(out, reference.attention(q64, k64, v64), reference.attention(q, k, v), "out")
+
+
 def test_empty_batch(device):
     q = torch.randn(0, 2, 8, 16, device=device, requires_grad=True)
     out, term = attention_with_score(q, q, q)
