@@ -11,7 +11,7 @@ Forward (FlashAttention-style, the N x N matrix never exists in memory)
     `l_i` of exp(s - m_i) and an un-normalised output accumulator (the online softmax).
     Everything runs in the log2 domain: the logits are scaled by `scale * log2(e)` once so that
     `exp2` can be used. The row's log-sum-exp (log2 domain, `m_i + log2(l_i)`) is stored for the
-    backward.
+    backward; a call without gradients sets `store_lse = 0` and allocates none (`lse_placeholder`).
 
 Keypoint-attention score (SHaRPose Eq. 6-7, one layer's term; `attention_with_score`)
     The score needs the *normalised* probabilities, which are only known once the whole row has
