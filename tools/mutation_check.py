@@ -35,7 +35,7 @@ MUTATIONS = (
     Mutation(
         "lse-fp16",
         "kernels/fused_attention.py",
-        (("m_i + tl.log2(l_i), mask=row_valid)", "(m_i + tl.log2(l_i)).to(tl.float16).to(tl.float32), mask=row_valid)"),),
+        (("m_i + tl.log2(l_i), mask=", "(m_i + tl.log2(l_i)).to(tl.float16).to(tl.float32), mask="),),
         ("tests/test_fused_attention.py::test_launchers_with_cuda_configs",),
     ),
     Mutation(
