@@ -320,15 +320,20 @@ def _check_compose_args_once(*args):
     try:  # max_seqlen's type too (True == 1); a list coarse_grid as a tuple
         signature = tuple((t.shape, t.dtype, t.device) for t in args[:7]) + (
             type(max_seqlen), max_seqlen, type(coarse_grid), tuple(coarse_grid))
-        hash(signature)
-    except (AttributeError, TypeError):  # not tensors, or not a grid: the checks say which
-        return _check_and_configure(*args)
-    return _CHECKED.get(signature, _check_and_configure, *args)
+        return _CHECKED.get(signature, _check_and_configure, *args)
+    except (AttributeError, TypeError):  # not tensors, or not a grid (unhashable)
+        pass
+    return _check_and_configure(*args)  # raises, saying which
 
 
-def _channels_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """The kernels index channels with unit stride; rows may have any stride."""
-    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+def _channels_contiguous(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(t with unit channel stride, its strides): the kernels index channels with unit stride, rows
+    may have any stride. The strides are read once here, as the launch needs them."""
+    strides = t.stride()
+    if strides[-1] != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+        strides = t.stride()
+    return t, strides
 
 
 def _pointer(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -364,21 +369,21 @@ def compose_tokens_forward(
     T = R * (K + N_c) + 3 * reuse.shape[0]
     if out is None:
         out = keypoint_tokens.new_empty((T, D))
+    else:
+        assert out.stride(-1) == 1 or D == 1, "out must have contiguous channels"
     if R == 0 or T == 0 or D == 0:
         return out
     cfg = config or composition_config(D, keypoint_tokens.dtype)
-    keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order = map(
-        _channels_contiguous, (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order)
-    )
-    assert out.stride(-1) == 1 or D == 1, "out must have contiguous channels"
+    inputs = map(_channels_contiguous, (keypoint_tokens, fine_embed, fine_pos, reuse, coarse_embed, order))
+    (keypoint_tokens, s_keypoint), (fine_embed, s_fine), (fine_pos, s_pos), (reuse, s_reuse), \
+        (coarse_embed, s_coarse), (order, s_order) = inputs
     grid = (R, cdiv(max_seqlen, cfg.block_rows), cdiv(D, cfg.block_d))
     assert grid[1] <= _MAX_GRID_YZ and grid[2] <= _MAX_GRID_YZ, f"grid {grid} exceeds the CUDA limits"
     with device_guard(out):
         _compose_fwd_kernel[grid](
             _pointer(keypoint_tokens, out), _pointer(fine_embed, out), fine_pos, _pointer(reuse, out),
             coarse_embed, order, cu_seqlens, out,
-            keypoint_tokens.stride(0), fine_embed.stride(0), fine_pos.stride(0), reuse.stride(0),
-            coarse_embed.stride(0), coarse_embed.stride(1), order.stride(0), out.stride(0),
+            s_keypoint[0], s_fine[0], s_pos[0], s_reuse[0], s_coarse[0], s_coarse[1], s_order[0], out.stride(0),
             K, N_c, D,
             COARSE_W=coarse_grid[1], BLOCK_ROWS=cfg.block_rows, BLOCK_D=cfg.block_d,
             num_warps=cfg.num_warps,
@@ -423,8 +428,7 @@ def compose_tokens_backward(
         d_coarse = given[3] if given[3] is not None else grad_out.new_empty((R, N_c, D))
     d_fine_pos_acc = torch.zeros((4 * N_c, D), dtype=torch.float32, device=device) if need_fine_pos else None
     cfg = config or composition_config(D, dtype)
-    grad_out = _channels_contiguous(grad_out)
-    order = _channels_contiguous(order)
+    grad_out, order = (_channels_contiguous(t)[0] for t in (grad_out, order))
     d_blocks = cdiv(D, cfg.block_d) if D else 0
     k_max = max(0, min(N_c, (max_seqlen - K - N_c) // 3))
 

@@ -165,12 +165,15 @@ def test_no_sample_refined(device):
 
 
 def test_int32_order_strided_inputs_and_loose_bound(device):
-    """int32 order, inputs that are views with row strides (parameters' [0], slices), max_seqlen
-    only an upper bound (None: K + 4 N_c), a gradient with zero strides (sum().backward())."""
+    """int32 order, inputs that are views with row strides (parameters' [0], slices) or channel
+    strides (copied by the launcher), max_seqlen only an upper bound (None: K + 4 N_c), a gradient
+    with zero strides (sum().backward())."""
     args = make_inputs([4, 0, 9], GRID_TINY, 40, device=device, order_dtype=torch.int32)
     wide = torch.randn(3, 12, 64, device=device)
     args["coarse_embed"] = wide[:, :, 8:48].copy_(args["coarse_embed"])  # row stride 64
     args["fine_pos"] = args["fine_pos"][None].expand(2, -1, -1)[0]
+    interleaved = torch.randn(args["reuse"].shape[0], 80, device=device)
+    args["reuse"] = interleaved[:, ::2].copy_(args["reuse"])  # channel stride 2
     for max_seqlen in (args["max_seqlen"] + 7, None):
         out = compose_tokens(**{**args, "max_seqlen": max_seqlen})
         assert torch.equal(out, reference.compose_tokens(**args))
