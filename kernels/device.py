@@ -93,7 +93,8 @@ class CheckedSignatures(Generic[Checked]):
     `get(signature, check, *args)` runs `check(*args)` (which raises on bad arguments, and includes
     `check_kernel_device`) when the signature is new and returns its result; afterwards the same
     signature costs one dictionary lookup. The one condition no signature holds, the interpreter
-    switch for CPU tensors, is read on every call. A signature must hold everything `check` reads.
+    switch for CPU tensors, is read on every call. A signature must hold everything `check` reads;
+    an unhashable one (an argument of a type no op accepts) goes to `check`, which names it.
     """
 
     def __init__(self, op: str, max_entries: int = 1024) -> None:
@@ -102,7 +103,10 @@ class CheckedSignatures(Generic[Checked]):
         self._entries: dict[Hashable, Checked] = {}
 
     def get(self, signature: Hashable, check: Callable[..., Checked], *args: torch.Tensor) -> Checked:
-        checked = self._entries.get(signature)
+        try:
+            checked = self._entries.get(signature)
+        except TypeError:  # unhashable: `check` raises, saying which argument is wrong
+            return check(*args)
         if checked is None:
             checked = check(*args)
             if len(self._entries) >= self.max_entries:

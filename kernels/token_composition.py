@@ -320,10 +320,9 @@ def _check_compose_args_once(*args):
     try:  # max_seqlen's type too (True == 1); a list coarse_grid as a tuple
         signature = tuple((t.shape, t.dtype, t.device) for t in args[:7]) + (
             type(max_seqlen), max_seqlen, type(coarse_grid), tuple(coarse_grid))
-        return _CHECKED.get(signature, _check_and_configure, *args)
-    except (AttributeError, TypeError):  # not tensors, or not a grid (unhashable)
-        pass
-    return _check_and_configure(*args)  # raises, saying which
+    except (AttributeError, TypeError):  # not tensors, or not a grid: the checks say which
+        return _check_and_configure(*args)
+    return _CHECKED.get(signature, _check_and_configure, *args)
 
 
 def _channels_contiguous(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:

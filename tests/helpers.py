@@ -246,3 +246,12 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def exact_head_terms(q, k, rows, cols, scale, weight):
+    """Eq. 7's one-layer term per head, written directly in float64: (B, H, n_cols), weight / H times
+    the softmax probabilities summed over the query rows, restricted to the key columns. Its sum
+    over heads is the term."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    probs = ((q.double() @ k.double().transpose(-2, -1)) * scale).softmax(dim=-1)
+    return weight / q.shape[1] * probs[:, :, rows[0]:rows[1], cols[0]:cols[1]].sum(dim=2)

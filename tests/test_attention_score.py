@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from helpers import exact_head_terms
 from kernels import reference
 from kernels.reference import score_slots
 from kernels.fused_attention import AttentionConfig, KernelLaunch, attention_forward, attention_with_score
@@ -32,13 +33,6 @@ PATHS = {
 }
 
 
-def score_fp64(q, k, scale, rows, cols, weight):
-    """One layer's score term in float64 on the (exactly upcast) inputs: the ground truth."""
-    (r0, r1), (c0, c1) = rows, cols
-    logits = (q[:, :, r0:r1].double() @ k.double().transpose(-2, -1)) * scale
-    return weight * logits.softmax(-1)[..., c0:c1].sum(dim=2).mean(dim=1)
-
-
 def assert_score_matches(ours, q, k, scale, rows, cols, weight):
     """ours vs float64, within twice PyTorch's own float32 error on the same inputs (the kernel
     computes logits and probabilities in fp32 from the dtype's inputs, so PyTorch's fp32 path is
@@ -46,7 +40,7 @@ def assert_score_matches(ours, q, k, scale, rows, cols, weight):
     an absolute error of a few |s| * eps, which the probability carries as a relative error, and
     the sum over rows and heads adds a few eps more."""
     assert torch.isfinite(ours).all(), f"non-finite score: {ours}"
-    truth = score_fp64(q, k, scale, rows, cols, weight)
+    truth = exact_head_terms(q, k, rows, cols, scale, weight).sum(dim=1)  # float64 on the upcast inputs
     _, term32 = reference.attention_with_score(q.float(), k.float(), k.float(), rows, cols, scale=scale,
                                                score_weight=weight)
     torch32 = term32.sum(dim=(1, 2))

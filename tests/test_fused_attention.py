@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from kernels import fused_attention, reference
 from kernels.reference import score_slots
-from helpers import assert_as_accurate_as_torch, assert_close, lse_recompute_bound, max_abs, summation_bound
+from helpers import (
+    assert_as_accurate_as_torch, assert_close, exact_head_terms, lse_recompute_bound, max_abs, summation_bound,
+)
 from kernels.fused_attention import (
     LOG2E,
     AttentionConfig,
@@ -52,15 +54,6 @@ def _model_score_ranges(N):
     rows = (min(1, N), min(17, N))
     cols = (min(18, N), N)
     return rows, cols
-
-
-def exact_head_terms(q, k, rows, cols, scale, weight):
-    """Eq. 7's one-layer term per head, written directly in float64: (B, H, n_cols), weight / H times
-    the softmax probabilities summed over the query rows, restricted to the key columns. Its sum
-    over heads is the term."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    probs = ((q.double() @ k.double().transpose(-2, -1)) * scale).softmax(dim=-1)
-    return weight / q.shape[1] * probs[:, :, rows[0]:rows[1], cols[0]:cols[1]].sum(dim=2)
 
 
 def head_terms(ops, q, k, v, rows=None, cols=None, scale=None, weight=1.0):

@@ -242,8 +242,8 @@ def test_checks_remembered_per_signature_still_catch_what_changed(monkeypatch):
 
 @pytest.mark.skipif(CUDA, reason="switches the interpreter off for CPU tensors")
 def test_varlen_checks_remembered_per_signature_still_catch_what_changed(monkeypatch):
-    """`varlen_attention` checks a signature once too: a max_seqlen of another type (True == 1),
-    new offsets in cu_seqlens (read on the CPU) and the interpreter switch are still caught."""
+    """`varlen_attention` checks a signature once too: a max_seqlen of another type (True == 1, or
+    an unhashable list), new offsets in cu_seqlens (read on the CPU) and the interpreter switch are still caught."""
     q = torch.randn(6, 2, 16)
     cu_seqlens = torch.tensor([0, 1, 6], dtype=torch.int32)
     with torch.no_grad():
@@ -251,6 +251,8 @@ def test_varlen_checks_remembered_per_signature_still_catch_what_changed(monkeyp
         kernels.varlen_attention(q[:1], q[:1], q[:1], one_token, 1)
         with pytest.raises(TypeError, match="max_seqlen must be a python int"):
             kernels.varlen_attention(q[:1], q[:1], q[:1], one_token, True)
+        with pytest.raises(TypeError, match="max_seqlen must be a python int"):  # unhashable: no signature
+            kernels.varlen_attention(q[:1], q[:1], q[:1], one_token, [1])
         kernels.varlen_attention(q, q, q, cu_seqlens, 5)
         with pytest.raises(ValueError, match="cu_seqlens\\[-1\\] = 5 but q, k, v hold T = 6"):
             kernels.varlen_attention(q, q, q, torch.tensor([0, 1, 5], dtype=torch.int32), 5)
