@@ -367,7 +367,7 @@ def compose_tokens_forward(
     R, N_c = order.shape
     T = R * (K + N_c) + 3 * reuse.shape[0]
     if out is None:
-        out = keypoint_tokens.new_empty((T, D))
+        out = keypoint_tokens.new_empty(T, D)
     else:
         assert out.stride(-1) == 1 or D == 1, "out must have contiguous channels"
     if R == 0 or T == 0 or D == 0:

@@ -331,11 +331,11 @@ def varlen_attention_forward(
     R = cu_seqlens.shape[0] - 1
     cfg = _config(q, max_seqlen, config)
     if out is None:
-        out = q.new_empty((T, H, d))
+        out = q.new_empty(T, H, d)
     if not store_lse:
         lse = None
     elif lse is None:
-        lse = q.new_empty((H, T), dtype=torch.float32)
+        lse = q.new_empty(H, T, dtype=torch.float32)
     else:
         assert lse.stride(1) == 1 or T <= 1, "lse must have unit stride along the tokens"
     grid = (cdiv(max_seqlen, cfg.fwd.block_m), H, R)
