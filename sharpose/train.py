@@ -54,9 +54,10 @@ def resume_hint(config: object) -> str:
         return "nothing was trained"
     latest = Path(config.output_dir) / "latest.pth"
     if latest.is_file():
-        return (f"continue from the last save ({latest}, written at each epoch end and every "
-                f"train.checkpoint_interval iterations) with --resume {latest}")
-    return f"nothing was saved yet ({latest} is written at the first epoch end); run the command again"
+        return (f"continue from the last save ({latest}, written every train.checkpoint_interval iterations, "
+                f"or at each epoch end when that is 0) with --resume {latest}")
+    return (f"nothing was saved yet ({latest} is written after train.checkpoint_interval iterations, or at the "
+            "first epoch end when that is 0); run the command again")
 
 
 if __name__ == "__main__":

@@ -285,6 +285,36 @@ def test_resume_mid_epoch_gives_the_same_next_losses(tmp_path, one_thread):
         assert torch.equal(final_split["model"][key], value), key
 
 
+@pytest.mark.parametrize("interval,extra,saves", [
+    (0, [], [(1, 3), (2, 6), (3, 9), (4, 12)]),  # every epoch end
+    # iteration 6 ends epoch 2: saved at the epoch end, holding the completed epoch, once
+    (2, [], [(0, 2), (1, 4), (2, 6), (2, 8), (3, 10), (4, 12)]),
+    (5, [], [(1, 5), (3, 10), (4, 12)]),  # and the run's end
+    (5, ["train.max_iters=7"], [(1, 5), (2, 7)]),  # and where max_iters stops it
+])
+def test_latest_checkpoint_schedule(tmp_path, one_thread, monkeypatch, interval, extra, saves):
+    import sharpose.training.loop as loop
+
+    saved = []
+    monkeypatch.setattr(loop, "save_training_state",
+                        lambda path, model, optimizer, scaler, progress, *a, **k:
+                        saved.append((progress.epoch, progress.iteration)))
+    config = tiny_config(tmp_path, "train.epochs=4", "train.batch_size=4", f"train.checkpoint_interval={interval}",
+                         "model.overrides={embed_dim: 32, depth: 1, num_heads: 2, input_size: [128, 96]}", *extra)
+    train(config, progress=False)  # 12 coco-mini persons: 3 iterations per epoch
+    assert saved == saves
+
+
+def test_interrupted_run_says_how_to_continue(tmp_path):
+    from sharpose.train import resume_hint
+
+    config = tiny_config(tmp_path)
+    assert resume_hint(None) == "nothing was trained"
+    assert resume_hint(config).startswith("nothing was saved yet")
+    (tmp_path / "latest.pth").write_bytes(b"")
+    assert resume_hint(config).endswith(f"with --resume {tmp_path / 'latest.pth'}")
+
+
 @pytest.mark.parametrize("name", ["vitpose_small_256x192", "sharpose_small_256x192"])
 def test_trains_under_bf16_autocast(tmp_path, one_thread, name):
     config = tiny_config(tmp_path, f"model.name={name}", "train.amp=bf16", "train.epochs=1",

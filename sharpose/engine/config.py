@@ -70,7 +70,7 @@ class TrainConfig:
     init_checkpoint: str | None = None  # MAE / ViTPose / SHaRPose weights to start from
     log_interval: int = 50  # iterations per JSON-lines record
     eval_interval: int = 10  # epochs between evaluations (and at the last epoch); 0: never
-    checkpoint_interval: int = 0  # iterations between mid-epoch saves of latest.pth; 0: epoch ends only
+    checkpoint_interval: int = 0  # iterations between saves of latest.pth; 0: every epoch end (the run's end always)
     max_iters: int | None = None  # stop (and save latest.pth) after this many iterations in total
 
 

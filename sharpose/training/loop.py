@@ -1,9 +1,9 @@
 """The training loop behind `python -m sharpose.train`: one process, or torchrun + DistributedDataParallel.
 
 Output directory: config.yaml (the config used), log.jsonl (one record per logging interval, per
-evaluation and for the initialisation), latest.pth (full training state: at every epoch end, every
-train.checkpoint_interval iterations and when train.max_iters stops the run) and best.pth (weights with
-the best primary metric, AP or PCKh, of the evaluations every train.eval_interval epochs).
+evaluation and for the initialisation), latest.pth (full training state: every train.checkpoint_interval
+iterations, or at every epoch end when that is 0, and when the run ends) and best.pth (weights with the
+best primary metric, AP or PCKh, of the evaluations every train.eval_interval epochs).
 
 Resuming (`resume=` a latest.pth) restores model, optimizer, GradScaler, epoch, iteration, best metric
 and RNG states and continues mid-epoch where the run stopped: the data order and the augmentation are
@@ -166,7 +166,8 @@ class Trainer:
                 self.progress.epoch += 1
                 if self.evaluation_due():
                     self.evaluate()
-                self.save_latest()
+                if self.checkpoint_due(epoch_end=True):
+                    self.save_latest()
         if not self.ctx.is_main:
             return None
         return {
@@ -210,7 +211,7 @@ class Trainer:
                     self.log.write(record)
                     bar.set_postfix(loss=f"{means['loss']:.3g}", lr=f"{lr:.2e}")
                     sums, count, tick = {}, 0, time.perf_counter()
-                if cfg.checkpoint_interval and progress.iteration % cfg.checkpoint_interval == 0:
+                if self.checkpoint_due(epoch_end=False):
                     self.save_latest()
                 if cfg.max_iters is not None and progress.iteration >= cfg.max_iters:
                     self.save_latest()
@@ -218,6 +219,16 @@ class Trainer:
         finally:
             bar.close()
         return False
+
+    def checkpoint_due(self, epoch_end: bool) -> bool:
+        """latest.pth is written every train.checkpoint_interval iterations (at an epoch end when one falls
+        on its last batch, so that the save holds the completed epoch), at every epoch end when that is 0,
+        and after the last epoch."""
+        cfg, progress = self.config.train, self.progress
+        on_interval = cfg.checkpoint_interval > 0 and progress.iteration % cfg.checkpoint_interval == 0
+        if epoch_end:
+            return cfg.checkpoint_interval == 0 or on_interval or progress.epoch == cfg.epochs
+        return on_interval and progress.iteration < (progress.epoch + 1) * self.iters_per_epoch
 
     def evaluation_due(self) -> bool:
         interval, epoch = self.config.train.eval_interval, self.progress.epoch
