@@ -138,7 +138,7 @@ SHAPES_FP32 = [
     (2, 4, 224, 32),
     (1, 1, 129, 128),
     (1, 1, 450, 32),
-    (1, 2, 450, 128),
+    pytest.param(1, 2, 450, 128, marks=pytest.mark.slow),
 ]
 
 
@@ -341,12 +341,14 @@ def _cases(draw, max_n=200, cross=False):
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.mark.slow
 @settings(max_examples=25, **_SETTINGS)
 @given(case=_cases(cross=True))
 def test_random_shapes_fp32(device, case):
     _check(dtype=torch.float32, device=device, **case)
 
 
+@pytest.mark.slow
 @settings(max_examples=10, **_SETTINGS)
 @given(case=_cases(max_n=150))
 def test_random_shapes_fp16(device, case):

@@ -315,6 +315,7 @@ def test_interrupted_run_says_how_to_continue(tmp_path):
     assert resume_hint(config).endswith(f"with --resume {tmp_path / 'latest.pth'}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vitpose_small_256x192", "sharpose_small_256x192"])
 def test_trains_under_bf16_autocast(tmp_path, one_thread, name):
     config = tiny_config(tmp_path, f"model.name={name}", "train.amp=bf16", "train.epochs=1",
@@ -370,6 +371,7 @@ def _ddp_worker(rank, init_file, out_file):
         torch.save(result, out_file)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_steps_match_a_single_process(tmp_path, one_thread):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "pg"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
     ddp, ddp_grads = torch.load(tmp_path / "ddp.pt")
@@ -391,6 +393,7 @@ def test_two_process_gloo_ddp_steps_match_a_single_process(tmp_path, one_thread)
         assert not torch.equal(ddp[key], initial[key]), key
 
 
+@pytest.mark.slow
 def test_torchrun_training_with_two_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -410,6 +413,7 @@ def test_torchrun_training_with_two_processes(tmp_path):
 
 # --- a tiny model learns ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tiny_model_learns_coco_mini(tmp_path, one_thread, capsys):
     config = tiny_config(tmp_path, "eval.sweep_thresholds=[]")  # the shipped recipe as it is
     seed_everything(config.seed)

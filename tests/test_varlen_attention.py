@@ -121,7 +121,7 @@ def test_fp32_ragged(device, lengths, H, d):
 MODEL_LENGTHS = [
     ([17 + 48 + 3 * k for k in (0, 19, 48)], 6, 32),       # 65, 122, 209
     ([17 + 108 + 3 * k for k in (0, 33, 72)], 2, 64),      # 125, 224, 341
-    ([17 + 48 + 3 * k for k in (5, 1, 30, 0)], 12, 32),    # Small: H = 12, d = 32
+    pytest.param([17 + 48 + 3 * k for k in (5, 1, 30, 0)], 12, 32, marks=pytest.mark.slow),  # Small: H = 12, d = 32
     ([17 + 108 + 3 * k for k in (108, 0)], 1, 32),         # 449 (every patch refined), 125
 ]
 
@@ -196,7 +196,7 @@ def test_only_empty_sequences(device):
 
 @pytest.mark.parametrize(
     "lengths,H,d",
-    [([1, 17, 66], 2, 16), ([65, 122, 3], 3, 32), ([125, 224], 1, 64), ([1, 70], 1, 128), ([209, 65], 12, 32)],
+    [([1, 17, 66], 2, 16), ([65, 122, 3], 3, 32), ([125, 224], 1, 64), ([1, 70], 1, 128), pytest.param([209, 65], 12, 32, marks=pytest.mark.slow)],
 )
 def test_fp16(device, lengths, H, d):
     _check(lengths, H, d, torch.float16, device, max_seqlen=max(lengths) + 5)
@@ -240,12 +240,14 @@ def _cases(draw, max_len=150):
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.mark.slow
 @settings(max_examples=12, **_SETTINGS)
 @given(case=_cases())
 def test_random_lengths_fp32(device, case):
     _check(dtype=torch.float32, device=device, **case)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, **_SETTINGS)
 @given(case=_cases(max_len=100))
 def test_random_lengths_fp16(device, case):
