@@ -291,6 +291,7 @@ def test_resume_mid_epoch_gives_the_same_next_losses(tmp_path, one_thread):
     (2, [], [(0, 2), (1, 4), (2, 6), (2, 8), (3, 10), (4, 12)]),
     (5, [], [(1, 5), (3, 10), (4, 12)]),  # and the run's end
     (5, ["train.max_iters=7"], [(1, 5), (2, 7)]),  # and where max_iters stops it
+    (5, ["train.max_iters=5"], [(1, 5)]),  # once
 ])
 def test_latest_checkpoint_schedule(tmp_path, one_thread, monkeypatch, interval, extra, saves):
     import sharpose.training.loop as loop

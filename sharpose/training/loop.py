@@ -211,11 +211,11 @@ class Trainer:
                     self.log.write(record)
                     bar.set_postfix(loss=f"{means['loss']:.3g}", lr=f"{lr:.2e}")
                     sums, count, tick = {}, 0, time.perf_counter()
-                if self.checkpoint_due(epoch_end=False):
-                    self.save_latest()
                 if cfg.max_iters is not None and progress.iteration >= cfg.max_iters:
                     self.save_latest()
                     return True
+                if self.checkpoint_due(epoch_end=False):
+                    self.save_latest()
         finally:
             bar.close()
         return False
