@@ -769,10 +769,11 @@ def attention_forward(
     has_score = r1 > r0 and c1 > c0
     if score_rows is None:
         term = None
-    elif not has_score:  # no rows or no columns: a term of zeros
-        term = q.new_zeros((B, H, score_slots(r1 - r0), c1 - c0), dtype=torch.float32) if term is None else term.zero_()
-    elif term is None:  # the kernel stores every element (sizes as arguments: a tuple costs 0.6 us more)
-        term = q.new_empty(B, H, score_slots(r1 - r0), c1 - c0, dtype=torch.float32)
+    else:
+        if term is None:  # (sizes as arguments: a tuple of sizes costs 0.6 us more)
+            term = q.new_empty(B, H, score_slots(r1 - r0), c1 - c0, dtype=torch.float32)
+        if not has_score:  # no rows or no columns: a term of zeros; otherwise the kernel stores every element
+            term.zero_()
     if B == 0 or H == 0 or Nq == 0:
         return out, lse, term
     # without the log-sum-exp: a placeholder, with the strides a real one would have (the same compiled
