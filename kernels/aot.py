@@ -154,16 +154,18 @@ def _parse_resource_usage(text: str, name: str) -> dict[str, int]:
     return usage
 
 
-_LOCAL_ACCESS = re.compile(r"\b(STL|LDL)(?:\.(64|128|U8|S8|U16|S16))?\b")
-_ACCESS_BYTES = {None: 4, "64": 8, "128": 16, "U8": 1, "S8": 1, "U16": 2, "S16": 2}
+# An opcode with its modifiers, e.g. STL.64 or LDL.LU.128 (LU: last use, a cache hint)
+_LOCAL_ACCESS = re.compile(r"\b(STL|LDL)((?:\.\w+)*)")
+_ACCESS_BYTES = {"64": 8, "128": 16, "U8": 1, "S8": 1, "U16": 2, "S16": 2}  # any other width: 32 bits
 
 
 def _sass_spills(sass: str) -> dict[str, int]:
     """Bytes stored to / loaded from local memory by the SASS (STL / LDL): Triton kernels keep
     no arrays in local memory, so these are the register spills, as ptxas -v counts them."""
     totals = {"STL": 0, "LDL": 0}
-    for op, width in _LOCAL_ACCESS.findall(sass):
-        totals[op] += _ACCESS_BYTES[width or None]
+    for op, modifiers in _LOCAL_ACCESS.findall(sass):
+        widths = [_ACCESS_BYTES[m] for m in modifiers.split(".") if m in _ACCESS_BYTES]
+        totals[op] += widths[0] if widths else 4
     return {"spill_stores": totals["STL"], "spill_loads": totals["LDL"]}
 
 

@@ -147,8 +147,12 @@ def test_sass_spill_parser():
         /*0120*/  LDL.128 R8, [R1+0x10] ;
         /*0130*/  STG.E [R2.64], R4 ;
         /*0140*/  LDS R5, [R0] ;
+        /*0150*/  LDL.LU R6, [R1+0x4] ;
+        /*0160*/  LDL.LU.64 R10, [R1+0x18] ;
+        /*0170*/  STL.U8 [R1+0x20], R3 ;
     """
-    assert _sass_spills(sass) == {"spill_stores": 12, "spill_loads": 16}
+    # a last-use load (LU) reads as many bytes as a plain one of its width
+    assert _sass_spills(sass) == {"spill_stores": 13, "spill_loads": 28}
 
 
 SPILL_CROSS_CHECK = """
