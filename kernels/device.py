@@ -6,6 +6,7 @@ Shared by the three Triton ops and by the backend switch; imports neither (a lea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import os
@@ -43,7 +44,8 @@ def _version(package: str) -> tuple[int, int]:
 
 
 def _interpreter_incompatibility() -> str | None:
-    """Why this triton's interpreter cannot run the kernels, or None.
+    """Why this triton's interpreter cannot run the kernels, or None. Worked out on the first launch
+    on the CPU, which also drops the interpreter's unread overflow checks (`skip_unread_overflow_checks`).
 
     Up to triton 3.6 the interpreter turns a run-time int argument into a Python int with
     `int(array_of_shape_1)`, which numpy >= 2.4 refuses: every kernel that loops to a run-time
@@ -57,8 +59,31 @@ def _interpreter_incompatibility() -> str | None:
                 f"{importlib.metadata.version('numpy')} (it needs numpy < 2.4 or triton >= 3.7); "
                 "install one of those, or use backend='reference' on the CPU"
             )
+        else:
+            from triton.runtime import interpreter
+
+            skip_unread_overflow_checks(interpreter)
         _interpreter_verdict.append(problem)
     return _interpreter_verdict[0]
+
+
+def skip_unread_overflow_checks(interpreter: object) -> None:
+    """Stop the Triton interpreter (`triton.runtime.interpreter`) computing overflow checks that
+    nothing reads.
+
+    The interpreter wraps every integer +, - and * of a kernel in an overflow check: both operands
+    cast to int64, the operation done again, the result compared with the type's bounds and the
+    verdict handed to `device_assert`, which drops it unless the interpreter runs in debug mode
+    (it does not by default; compiled kernels leave the checks out too). That dead work was about
+    40% of an attention kernel's time under the interpreter. Where debug mode is on, the checks stay.
+    A triton whose interpreter has no such options is left as it is.
+    """
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if not dataclasses.is_dataclass(options) or getattr(options, "debug", True):
+        return
+    if getattr(options, "sanitize_overflow", False):
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
 
 
 def check_kernel_device(device: torch.device, op: str, dtype: torch.dtype | None = None) -> None:

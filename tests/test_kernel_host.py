@@ -295,3 +295,59 @@ def test_a_non_tensor_input_is_named_with_gradients_enabled():
         kernels.varlen_attention(None, q, q, cu_seqlens, 4)
     with pytest.raises(TypeError, match="^keypoint_tokens must be a torch.Tensor, got list$"):
         kernels.compose_tokens([1.0], q, q, q, q, q, cu_seqlens, (2, 3), 10)
+
+
+# ----------------------------------------------------------------------------------------------
+# The interpreter's overflow checks: computed, then dropped unless in debug mode
+# ----------------------------------------------------------------------------------------------
+
+
+def test_overflow_checks_are_skipped_only_where_nothing_reads_them():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from kernels.device import skip_unread_overflow_checks
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        debug: bool
+        sanitize_overflow: bool = True
+
+    for debug in (False, True):
+        interpreter = SimpleNamespace(interpreter_builder=SimpleNamespace(options=Options(debug)))
+        skip_unread_overflow_checks(interpreter)
+        assert interpreter.interpreter_builder.options == Options(debug, sanitize_overflow=debug)
+    skip_unread_overflow_checks(SimpleNamespace())  # a triton without these options: left alone
+
+
+@pytest.mark.skipif(CUDA, reason="the interpreter runs the CPU's kernels")
+def test_the_interpreter_drops_the_overflow_verdict_outside_debug_mode():
+    """What makes the checks dead work: an int32 product that overflows wraps, with the checks on
+    as with them off, as it does compiled. A CPU launch of an op then leaves them off."""
+    import dataclasses
+
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import interpreter_builder
+
+    @triton.jit
+    def times(x_ptr, out_ptr, factor):
+        tl.store(out_ptr, tl.load(x_ptr) * factor)
+
+    x = torch.tensor([2**30], dtype=torch.int32)
+    wrapped = torch.tensor([2**30 * 3], dtype=torch.int64).to(torch.int32)  # two's complement
+    saved = interpreter_builder.options
+    assert not saved.debug
+    try:
+        for checks in (True, False):
+            interpreter_builder.options = dataclasses.replace(saved, sanitize_overflow=checks)
+            out = torch.zeros_like(x)
+            times[(1,)](x, out, 3)
+            assert torch.equal(out, wrapped), (checks, out)
+    finally:
+        interpreter_builder.options = saved
+
+    from kernels.fused_attention import attention
+
+    attention(*torch.randn(3, 1, 1, 4, 8).unbind(0))
+    assert interpreter_builder.options.sanitize_overflow is False
