@@ -19,8 +19,6 @@ the cases where PyTorch happens to be exact (length-1 softmax, a copy).
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -130,33 +128,6 @@ def assert_as_accurate_as_torch(
         f"{what}: error {ours:.3g} vs the float64 result exceeds {factor} x PyTorch's "
         f"own {actual.dtype} error {theirs:.3g} + floor {floor:.3g} (|exact| <= {max_abs(exact):.3g})"
     )
-
-
-def measure_specs_cached(config, specs) -> list[dict]:
-    """`kernels.aot.measure_specs(specs)` (a minute of ptxas on CPU), kept in pytest's cache under a
-    key of the specs, the kernels' sources and the triton version: a rerun with the same kernels
-    reads the rows back. Test workers (pytest-xdist) measure one after another under a file lock, so
-    that a set of specs is compiled once per run, not once per worker."""
-    from dataclasses import asdict
-    from importlib.metadata import version
-
-    from kernels.aot import measure_specs
-
-    digest = hashlib.sha256(json.dumps([asdict(s) for s in specs], sort_keys=True, default=str).encode())
-    digest.update(version("triton").encode())
-    for source in sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.py")):
-        digest.update(source.read_bytes())
-    key = f"sharpose/aot/{digest.hexdigest()[:24]}"
-    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
-    if cache is None:
-        return measure_specs(specs)
-    with open(cache.mkdir("sharpose-aot") / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        rows = cache.get(key, None)
-        if rows is None:
-            rows = measure_specs(specs)
-            cache.set(key, rows)
-    return rows
 
 
 def official_tiny_model(**overrides):

@@ -1,21 +1,30 @@
-"""Ahead-of-time compilation of the fused-attention kernels for sm_80 and sm_90, no GPU needed.
+"""Ahead-of-time compilation of the Triton kernels for sm_80 and sm_90, no GPU needed.
 
-Every kernel, at the configurations the launchers use for the model (head dim 32 and 64,
-fp16 and bf16), must compile through the full Triton -> PTX -> cubin pipeline with zero register
-spills, fit the shared memory of the architecture and use tensor cores for its dots. This also
+Every kernel (fused attention, its variable-length form, the sparse token composition), at the
+configurations the launchers use for the model (head dim 32 and 64, fp16 and bf16), must compile
+through the full Triton -> PTX -> cubin pipeline with zero register spills, fit the shared memory
+of the architecture and use tensor cores for its dots. This also
 catches what the interpreter lets through (e.g. tl.dot operands of different dtypes).
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
 import pytest
 
-from helpers import measure_specs_cached
 from kernels.aot import (
     KernelSpec,
     _sass_spills,
     attention_kernel_specs,
+    composition_kernel_specs,
     ctas_per_sm,
     kernel_signature,
+    measure_specs,
     tools_available,
     varlen_attention_kernel_specs,
 )
@@ -32,11 +41,31 @@ DTYPES = ("float16", "bfloat16")
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block
 
 
-@pytest.fixture(scope="module")
-def resources(request):
-    specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES)
-    # One configuration known to spill (fp32, d 128, 32 x 32 tiles, 4 warps on sm_80): proves the
-    # measurement does see spills.
+def measure_specs_cached(config, specs) -> list[dict]:
+    """`kernels.aot.measure_specs(specs)` (minutes of compiling on a 2-core CPU), kept in pytest's
+    cache under a key of the specs, the kernels' sources and the triton version: a rerun with the
+    same kernels reads the rows back. Test workers (pytest-xdist) wait for each other under a file
+    lock, so that the specs are compiled once per run, not once per worker."""
+    digest = hashlib.sha256(json.dumps([asdict(s) for s in specs], sort_keys=True, default=str).encode())
+    digest.update(version("triton").encode())
+    for source in sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.py")):
+        digest.update(source.read_bytes())
+    key = f"sharpose/aot/{digest.hexdigest()[:24]}"
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    if cache is None:
+        return measure_specs(specs)
+    with open(cache.mkdir("sharpose-aot") / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        rows = cache.get(key, None)
+        if rows is None:
+            rows = measure_specs(specs)
+            cache.set(key, rows)
+    return rows
+
+
+def _oversized_spec() -> KernelSpec:
+    """A configuration known to spill (fp32, d 128, 32 x 32 tiles, 4 warps on sm_80): proves the
+    measurement does see spills."""
     from kernels.fused_attention import _attn_fwd
 
     sig, consts, div = kernel_signature(
@@ -44,13 +73,33 @@ def resources(request):
         {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 32, "BLOCK_N": 32, "HAS_SCORE": False, "ONE_KEY_TILE": False,
          "DOT_PRECISION": "ieee"},
     )
-    specs.append(
-        KernelSpec("_attn_fwd", "kernels.fused_attention", sig, consts, div, 4, 1, 80, {"variant": "oversized"})
-    )
-    rows = measure_specs_cached(request.config, specs)
+    return KernelSpec("_attn_fwd", "kernels.fused_attention", sig, consts, div, 4, 1, 80, {"variant": "oversized"})
+
+
+LENGTHS = (66, 126, 137)  # coarse stage (one key tile), the fine stage's shortest multi-tile length
+FP32_LENGTHS = (17, 66, 126)
+
+
+@pytest.fixture(scope="module")
+def measured(request) -> dict[str, list[dict]]:
+    """Every configuration this module checks, by group, measured in one call: the compiler
+    processes import torch and triton once for all of them."""
+    groups = {
+        "attention": attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES) + [_oversized_spec()],
+        "varlen": varlen_attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES),
+        "lengths": attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES, seq_lens=LENGTHS)
+        + attention_kernel_specs(CAPS, HEAD_DIMS, ("float32",), seq_lens=(*FP32_LENGTHS, None)),
+        "composition": composition_kernel_specs(capabilities=CAPS, dims=(768,), dtypes=DTYPES),
+    }
+    rows = iter(measure_specs_cached(request.config, [spec for specs in groups.values() for spec in specs]))
+    return {name: [next(rows) for _ in specs] for name, specs in groups.items()}
+
+
+@pytest.fixture(scope="module")
+def resources(measured):
     return {
         "oversized" if r["variant"] == "oversized" else (r["capability"], r["head_dim"], r["dtype"], r["variant"]): r
-        for r in rows
+        for r in measured["attention"]
     }
 
 
@@ -105,9 +154,8 @@ VARLEN_VARIANTS = ("varlen fwd", "varlen bwd delta", "varlen bwd dk/dv", "varlen
 
 
 @pytest.fixture(scope="module")
-def varlen_resources(request):
-    rows = measure_specs_cached(request.config, varlen_attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES))
-    return {(r["capability"], r["head_dim"], r["dtype"], r["variant"]): r for r in rows}
+def varlen_resources(measured):
+    return {(r["capability"], r["head_dim"], r["dtype"], r["variant"]): r for r in measured["varlen"]}
 
 
 @pytest.mark.parametrize("variant", VARLEN_VARIANTS)
@@ -177,11 +225,9 @@ print(json.dumps(found))
 def test_ptxas_spill_report_equals_the_sass_count(tmp_path):
     """Spills are read from ptxas's own report; the SASS count (used when triton's cache skips ptxas)
     gives the same bytes, on a kernel that spills and on one that does not."""
-    import json
     import os
     import subprocess
     import sys
-    from dataclasses import asdict
 
     from kernels.fused_attention import _attn_fwd
 
@@ -203,17 +249,10 @@ def test_ptxas_spill_report_equals_the_sass_count(tmp_path):
 # Tiles per sequence length (the one-key-tile forward of the coarse stage) and fp32 on tensor cores
 # ------------------------------------------------------------------------------------------------
 
-LENGTHS = (66, 126, 137)  # coarse stage (one key tile), the fine stage's shortest multi-tile length
-FP32_LENGTHS = (17, 66, 126)
-
-
 @pytest.fixture(scope="module")
-def length_resources(request):
-    specs = attention_kernel_specs(CAPS, HEAD_DIMS, DTYPES, seq_lens=LENGTHS)
-    specs += attention_kernel_specs(CAPS, HEAD_DIMS, ("float32",), seq_lens=(*FP32_LENGTHS, None))
-    rows = measure_specs_cached(request.config, specs)
+def length_resources(measured):
     return {(r["capability"], r["head_dim"], r["dtype"], r["precision"], r["seq_len"], r["variant"]): r
-            for r in rows}
+            for r in measured["lengths"]}
 
 
 def _built(resources, cap, head_dim, dtype, precision, n, variant):
@@ -267,6 +306,19 @@ def test_fp32_tf32_on_tensor_cores_ieee_not(length_resources, cap, head_dim, var
     ieee = _built(length_resources, cap, head_dim, "float32", "ieee", None, variant)
     assert ieee["tensor_cores"] == "-", ieee
     assert ieee["spill_stores"] == 0 and ieee["spill_loads"] == 0, f"register spills: {ieee}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The sparse token composition kernels of kernels/token_composition.py, at D = 768 (ViT-B)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_composition_kernels_compile_without_spills(measured):
+    rows = measured["composition"]
+    assert len(rows) == 16  # 4 kernels x 2 dtypes x 2 architectures
+    for row in rows:
+        assert row["spill_stores"] == 0 and row["spill_loads"] == 0 and row["local"] == 0, row
+        assert row["registers"] <= 128, row
 
 
 def test_ctas_per_sm_arithmetic():

@@ -27,7 +27,6 @@ from helpers import (
     grads_of,
     make_inputs,
     max_abs,
-    measure_specs_cached,
     summation_bound,
     unit_roundoff,
 )
@@ -446,22 +445,3 @@ def test_random_batches(batch, device):
     out.backward(grad)
     expected.backward(grad)
     assert_grads(grads_of(leaves), grads_of(ref_leaves), abs_grad_sums(args, grad))
-
-
-# ----------------------------------------------------------------------------------------------
-# Ahead-of-time compilation for sm_80 / sm_90: no register spills at D = 768
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_kernels_compile_without_spills(request):
-    aot = pytest.importorskip("kernels.aot")
-    ok, why = aot.tools_available()
-    if not ok:
-        pytest.skip(why)
-    specs = aot.composition_kernel_specs(capabilities=(80, 90), dims=(768,), dtypes=(torch.float16, torch.bfloat16))
-    rows = measure_specs_cached(request.config, specs)
-    assert len(rows) == 16
-    for row in rows:
-        assert row["spill_stores"] == 0 and row["spill_loads"] == 0 and row["local"] == 0, row
-        assert row["registers"] <= 128, row
