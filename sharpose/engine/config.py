@@ -64,6 +64,8 @@ class TrainConfig:
     lr_steps: list[int] = field(default_factory=lambda: [170, 200])  # epochs at which lr *= lr_gamma
     lr_gamma: float = 0.1
     grad_clip: float | None = None  # max L2 norm of all gradients, None: no clipping
+    # mixed precision for GPUs; on a CPU without bf16 instructions (AVX2 only) bf16 is slower than fp32
+    # (ViTPose's deconvolution head 10-60x, bench/RESULTS.md)
     amp: Literal["none", "fp16", "bf16"] = "none"
     quality_lambda: float = 0.03  # weight of the quality-predictor loss (SHaRPose)
     quality_start_epoch: int = 180  # 0-based epoch from which that weight applies (0 before)
